@@ -1,0 +1,1 @@
+"""etp.commands"""

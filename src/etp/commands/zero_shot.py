@@ -1,0 +1,239 @@
+"""``etp zero-shot``: class probabilities for one's own ECG files from a trained ETP model.
+
+Each file (WFDB record, CinC ``.hea``+``.mat``, original CPSC2018 ``.mat``, ``.npy`` with
+``--fs``) is preprocessed exactly like the model's training data (the settings travel in the
+model directory), embedded, and compared with one prompt per label
+(``"this ECG indicates {label}"`` by default); probabilities are the softmax of the model's
+scaled cosine similarities over the given labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+
+from etp.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+EPILOG = (
+    "examples:\n"
+    '  etp zero-shot --model runs/etp/model --labels "atrial fibrillation,normal ECG" \\\n'
+    "      rec1.hea A0001.mat\n"
+    "  etp zero-shot --model runs/etp/model --dataset ptbxl --languages en,de --synonyms 00001_lr\n"
+    '  etp zero-shot --model runs/etp/model --labels "left bundle branch block,normal ECG" \\\n'
+    "      --fs 500 --csv ecg.npy > probs.csv\n"
+    "\n"
+    "Class names and their German/Swedish phrasings for --dataset come from the prompt table\n"
+    "(etp/resources/prompts.yaml; pass your own copy with --prompts FILE)."
+)
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+    """Prompt options shared by ``etp zero-shot`` and ``etp evaluate``."""
+    g = p.add_argument_group("prompts")
+    g.add_argument(
+        "--template",
+        action="append",
+        metavar="TEXT",
+        help="prompt template containing {name} (repeatable: templates are averaged); "
+        "default: 'this ECG indicates {name}'",
+    )
+    g.add_argument(
+        "--ensemble", action="store_true", help="average the prompt table's ensemble templates"
+    )
+    g.add_argument(
+        "--synonyms",
+        action="store_true",
+        help="also use every synonym the prompt table lists for a class",
+    )
+    g.add_argument(
+        "--languages",
+        default="en",
+        metavar="LANGS",
+        help="comma-separated languages of class names from the table (en,de,sv); default en",
+    )
+    g.add_argument("--prompts", metavar="FILE", help="prompt table YAML (default: the shipped one)")
+
+
+def prompt_options(args: argparse.Namespace) -> Any:
+    """:class:`PromptOptions` from the parsed prompt arguments."""
+    from etp.eval.zero_shot import PromptOptions, check_template
+
+    langs = tuple(s.strip() for s in (args.languages or "").split(",") if s.strip())
+    if not langs:
+        raise ConfigError("--languages: give at least one language, e.g. en or en,de")
+    templates = None
+    if args.template:
+        templates = tuple(check_template(t, "--template") for t in args.template)
+    return PromptOptions(
+        templates=templates,
+        ensemble=bool(args.ensemble),
+        synonyms=bool(args.synonyms),
+        languages=langs,
+    )
+
+
+def parse_labels(text: str | None) -> list[str]:
+    """Comma-separated labels -> list; ConfigError when nothing is left."""
+    labels = [s.strip() for s in (text or "").split(",") if s.strip()]
+    if not labels:
+        raise ConfigError(
+            f"--labels: the label list is empty ({text!r}); give class names separated by commas, "
+            'e.g. --labels "atrial fibrillation,normal ECG"'
+        )
+    if len(set(labels)) != len(labels):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        raise ConfigError(f"--labels: duplicate label(s) {dup}")
+    return labels
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``etp zero-shot``."""
+    p = subparsers.add_parser(
+        "zero-shot",
+        help="class probabilities for your own ECG files (no labelled data needed)",
+        description="Zero-shot diagnosis of ECG files with a trained ETP model: each file is "
+        "compared with a text prompt per label; prints per-file class probabilities.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="ECG files: WFDB record (stem or .hea), CinC .mat+.hea, CPSC2018 .mat, .npy",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="trained model directory")
+    p.add_argument(
+        "--labels",
+        metavar="LIST",
+        help='comma-separated class names, e.g. "atrial fibrillation,normal ECG" '
+        "(with --dataset: a subset of its class codes)",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="use the prompt table's classes of this dataset (ptbxl, cpsc2018)",
+    )
+    p.add_argument(
+        "--fs",
+        type=float,
+        metavar="HZ",
+        help="sampling rate of .npy files (WFDB and .mat headers give their own)",
+    )
+    p.add_argument(
+        "--pad",
+        action="store_true",
+        help="zero-pad records shorter than the model's input instead of failing",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON")
+    out.add_argument("--csv", action="store_true", help="print CSV")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 inference")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    add_prompt_arguments(p)
+    p.set_defaults(func=run)
+
+
+def resolve_classes(args: argparse.Namespace, table: Any) -> tuple[list[str], str | None]:
+    """(labels, dataset or None) from --labels / --dataset."""
+    if args.dataset:
+        classes = table.classes(args.dataset)
+        if args.labels is None:
+            return classes, args.dataset
+        wanted = parse_labels(args.labels)
+        unknown = [w for w in wanted if w not in classes]
+        if unknown:
+            raise ConfigError(
+                f"--labels {unknown} are not classes of {args.dataset} in {table.source} "
+                f"(its classes: {', '.join(classes)})"
+            )
+        return wanted, args.dataset
+    if args.labels is None:
+        raise ConfigError('give --labels "name 1,name 2,..." or --dataset NAME')
+    return parse_labels(args.labels), None
+
+
+def load_text_model(path: str, device: str = "cpu") -> Any:
+    """Load a model directory that has a text side (ModelError naming it otherwise)."""
+    from etp.models.etp import load_model_dir
+
+    loaded = load_model_dir(path, device=device)
+    if not loaded.has_text:
+        raise ModelError(
+            f"{path}: this {loaded.method!r} model has no text side, so it cannot do zero-shot "
+            "classification (use an ETP model; SimCLR encoders need a linear probe)"
+        )
+    return loaded
+
+
+def format_output(
+    files: list[str], labels: list[str], probs: np.ndarray, pred: np.ndarray, kind: str
+) -> str:
+    """Render per-file probabilities as a table, JSON or CSV."""
+    if kind == "json":
+        rows = [
+            {
+                "file": f,
+                "prediction": labels[int(k)],
+                "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, pr)},
+            }
+            for f, pr, k in zip(files, probs, pred)
+        ]
+        return json.dumps(rows, indent=2, ensure_ascii=False)
+    if kind == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file", "prediction", *labels])
+        for f, pr, k in zip(files, probs, pred):
+            w.writerow([f, labels[int(k)], *(f"{float(v):.6f}" for v in pr)])
+        return buf.getvalue().rstrip("\n")
+    from etp.eval.report import markdown_table
+
+    rows = [
+        [f, labels[int(k)], *(f"{float(v):.3f}" for v in pr)]
+        for f, pr, k in zip(files, probs, pred)
+    ]
+    return markdown_table(["file", "prediction", *labels], rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``etp zero-shot``."""
+    from etp.eval.features import embed_arrays, model_preprocess_config, read_ecg_files
+    from etp.eval.zero_shot import load_prompt_table, zero_shot_classify
+
+    if args.fs is not None and not args.fs > 0:
+        raise ConfigError(f"--fs must be a positive sampling rate in Hz, got {args.fs}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    table = load_prompt_table(args.prompts)
+    labels, dataset = resolve_classes(args, table)
+    options = prompt_options(args)
+    loaded = load_text_model(args.model, device=args.device)
+    pcfg = model_preprocess_config(loaded)
+    x = read_ecg_files(list(args.files), pcfg, fs=args.fs, pad=args.pad)
+    emb = embed_arrays(loaded, x, "embedding", batch_size=args.batch_size, bf16=args.bf16)
+    scale = float(loaded.model.scale().detach())
+    pred = zero_shot_classify(emb, labels, loaded.embed_texts, scale, dataset, table, options)
+    kind = "json" if args.json else "csv" if args.csv else "table"
+    print(
+        format_output(
+            [str(f) for f in args.files], labels, pred.probabilities, pred.predictions, kind
+        )
+    )
+    if kind == "table":
+        print(
+            f"\n(prompts: {pred.options.describe()}; e.g. {pred.prompts[labels[0]][0]!r}; "
+            f"logit scale {scale:.1f})",
+            file=sys.stderr,
+        )
+    return 0

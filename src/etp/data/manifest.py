@@ -1,0 +1,179 @@
+"""A generic paired manifest: pretrain and evaluate on your own ECG-report pairs.
+
+A CSV file, one row per ECG::
+
+    path,report,labels,fs,split,patient_id,record_id
+    ecgs/0001,sinus rhythm. normal ecg.,NORM,,train,p17,
+    ecgs/0002.npy,atrial fibrillation with rapid ventricular response.,AF;STTC,250,test,p18,
+
+* ``path`` (required): a WFDB record (stem, ``.hea``, or a CinC ``.mat`` with its ``.hea``),
+  an original CPSC-style ``.mat``, or a ``.npy`` array (12, N) / (N, 12) in mV, leads in
+  order I, II, III, aVR, aVL, aVF, V1-V6. Relative paths are relative to the CSV's folder.
+* ``report`` (required): the free-text report (may be empty; kept exactly as written).
+* ``labels`` (optional): class names separated by ``;``.
+* ``fs`` (optional): sampling rate in Hz; needed for ``.npy`` (or pass ``fs=`` to the reader);
+  for WFDB it is read from the header and must match if given.
+* ``split`` (optional): ``train``, ``val``, ``test`` or empty.
+* ``patient_id``, ``record_id`` (optional): ``record_id`` defaults to the path without its
+  extension; ids must be unique. Other columns are kept in ``RecordInfo.extra``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import wfdb
+
+from etp.data.readers import BaseReader, order_labels, read_csv_checked
+from etp.data.records import RecordInfo
+from etp.data.signal_io import CPSC_FS, signal_files
+from etp.data.text import detect_language
+from etp.errors import DataError
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("path", "report")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("labels", "fs", "split", "patient_id", "record_id")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DEFAULT_NAME = "manifest.csv"
+
+
+class ManifestReader(BaseReader):
+    """Records of a manifest CSV (format in the module docstring).
+
+    Args:
+        csv_path: the CSV file, or a folder holding ``manifest.csv``.
+        classes: the class names in order; labels outside it are a :class:`DataError`.
+            Default: the sorted distinct labels of the manifest.
+        fs: sampling rate for rows without an ``fs`` value (needed for ``.npy`` files).
+    """
+
+    name = "manifest"
+
+    def __init__(
+        self,
+        csv_path: str | Path,
+        classes: Sequence[str] | None = None,
+        fs: float | None = None,
+    ) -> None:
+        p = Path(csv_path).expanduser()
+        if not p.exists():
+            raise DataError(f"manifest not found: {p}")
+        if p.is_dir():
+            p = p / DEFAULT_NAME
+            if not p.is_file():
+                raise DataError(f"manifest folder {p.parent} has no {DEFAULT_NAME}")
+        self.csv_path = p
+        self.root = p.absolute().parent
+        self.default_fs = _positive(fs, f"manifest {p}: fs option") if fs is not None else None
+        self._df = read_csv_checked(
+            p, REQUIRED_COLUMNS, "manifest", dtype=str, keep_default_na=False
+        )
+        if len(self._df) == 0:
+            raise DataError(f"manifest {p} has no rows")
+        labels = [_split_labels(v) for v in self._df.get("labels", [""] * len(self._df))]
+        if classes is None:
+            self.classes = tuple(sorted({lab for labs in labels for lab in labs}))
+        else:
+            self.classes = tuple(classes)
+            known = set(self.classes)
+            for i, labs in enumerate(labels):
+                bad = [lab for lab in labs if lab not in known]
+                if bad:
+                    raise DataError(
+                        f"manifest {p}: row {i + 2}: unknown label code(s) {bad}; "
+                        f"classes are {list(self.classes)}"
+                    )
+        self._labels = labels
+        self._records: list[RecordInfo] | None = None
+
+    def records(self) -> list[RecordInfo]:
+        """One record per CSV row, in file order."""
+        if self._records is None:
+            recs = [self._record(i, row) for i, row in enumerate(self._df.to_dict("records"))]
+            seen: dict[str, int] = {}
+            for i, r in enumerate(recs):
+                if r.record_id in seen:
+                    raise DataError(
+                        f"manifest {self.csv_path}: record_id {r.record_id!r} appears twice "
+                        f"(rows {seen[r.record_id] + 2} and {i + 2})"
+                    )
+                seen[r.record_id] = i
+            self._records = recs
+        return list(self._records)
+
+    def _record(self, i: int, row: dict[str, str]) -> RecordInfo:
+        where = f"manifest {self.csv_path}: row {i + 2}"
+        raw_path = row["path"].strip()
+        if not raw_path:
+            raise DataError(f"{where}: empty `path`")
+        rel = Path(raw_path)
+        path = rel if rel.is_absolute() else self.root / rel
+        fs_text = row.get("fs", "").strip()
+        fs = _positive(fs_text, f"{where}: `fs`") if fs_text else self.default_fs
+        if fs is None:
+            fs = _fs_from_file(path, where)
+        split = row.get("split", "").strip().lower() or None
+        if split is not None and split not in SPLITS:
+            raise DataError(f"{where}: `split` is {row['split']!r}; use train, val, test or empty")
+        rid = row.get("record_id", "").strip() or _default_id(rel)
+        report = row["report"]
+        extra: dict[str, object] = {
+            k: v for k, v in row.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+        }
+        extra["language"] = detect_language(report)
+        return RecordInfo(
+            record_id=rid,
+            path=path,
+            fs=fs,
+            patient_id=row.get("patient_id", "").strip() or None,
+            report=report,
+            labels=order_labels(self._labels[i], self.classes),
+            fold=None,
+            split=split,
+            extra=extra,
+        )
+
+
+def _split_labels(value: str) -> list[str]:
+    return [s.strip() for s in str(value).split(";") if s.strip()]
+
+
+def _default_id(rel: Path) -> str:
+    if rel.suffix.lower() in {".hea", ".dat", ".mat", ".npy"}:
+        rel = rel.with_suffix("")
+    return rel.as_posix()
+
+
+def _positive(value: object, where: str) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (x > 0 and math.isfinite(x)):
+        raise DataError(f"{where} must be a positive sampling rate in Hz, got {value!r}")
+    return x
+
+
+def _fs_from_file(path: Path, where: str) -> float:
+    """Sampling rate from a WFDB header; 500 Hz for an original CPSC .mat; NaN if the file is
+    absent (a missing record is reported as missing, not here)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy" or (suffix == "" and path.with_name(path.name + ".npy").is_file()):
+        raise DataError(
+            f"{where}: {path} is a .npy array without a sampling rate: fill the `fs` column "
+            f"(or pass fs= to the reader)"
+        )
+    if suffix in {".hea", ".dat"} or (suffix == ".mat" and path.with_suffix(".hea").is_file()):
+        path = path.with_suffix("")
+    elif suffix == ".mat":
+        return CPSC_FS
+    hea = signal_files(path)[0]
+    if not hea.is_file():
+        if path.with_name(path.name + ".mat").is_file():
+            return CPSC_FS
+        return math.nan
+    try:
+        return float(wfdb.rdheader(str(path)).fs)
+    except Exception as exc:
+        raise DataError(f"{where}: unreadable WFDB header {hea}: {exc}") from exc

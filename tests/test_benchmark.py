@@ -1,0 +1,137 @@
+"""Tests of the benchmark orchestration: config checks, fold rotation, pooling, and a tiny run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from etp.benchmark import (
+    BenchmarkConfig,
+    Rotation,
+    load_benchmark_config,
+    pooled_stats,
+    pretrain_config,
+    rotations,
+    unflatten,
+)
+from etp.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_are_valid() -> None:
+    for name in ("benchmark-ptbxl.yaml", "quickstart-benchmark.yaml"):
+        cfg = load_benchmark_config(str(REPO / "configs" / name))
+        assert cfg.methods
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("methods=[etp,byol]", "methods"),
+        ("seeds=[]", "seeds"),
+        ("model_choice=first", "model_choice"),
+        ("probe.label_fractions=[0.0]", "label_fractions"),
+        ("pretrain.train.epochz=3", r"unknown config key\(s\): pretrain\.train\.epochz"),
+        ("pretrain.train.epochs=abc", "expected an integer"),
+        ("zero_shot=[{name: a}, {name: a}]", "unique"),
+        ("zero_shot=[{nam: a}]", r"unknown config key\(s\): zero_shot\[0\]\.nam"),
+        ("test_fold=9", "must differ"),
+        ("bogus=1", r"unknown config key\(s\): bogus"),
+    ],
+)
+def test_bad_benchmark_config(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_benchmark_config(str(REPO / "configs" / "quickstart-benchmark.yaml"), [override])
+
+
+def test_rotation_never_trains_on_its_test_fold() -> None:
+    cfg = BenchmarkConfig(rotate_folds=True)
+    rots = rotations(cfg, list(range(1, 11)))
+    assert [r.test for r in rots] == list(range(1, 11))
+    for r in rots:
+        assert r.test not in r.train and r.val not in r.train and r.val != r.test
+        assert sorted(r.train + [r.val, r.test]) == list(range(1, 11))
+    assert rots[0].val == 10 and rots[9].val == 9
+    single = rotations(BenchmarkConfig(), list(range(1, 11)))
+    assert single == [Rotation(10, 9, list(range(1, 9)))]
+    with pytest.raises(ConfigError, match="not a fold"):
+        rotations(BenchmarkConfig(test_fold=11), list(range(1, 11)))
+    with pytest.raises(DataError, match="at least 3 folds"):
+        rotations(cfg, [1, 2])
+
+
+def test_pretrain_config_excludes_the_test_fold() -> None:
+    cfg = load_benchmark_config(str(REPO / "configs" / "benchmark-ptbxl.yaml"))
+    pc = pretrain_config(cfg, "simclr", 3, Rotation(4, 3, [1, 2, 5, 6, 7, 8, 9, 10]), "out", "c")
+    assert pc.data.exclude_folds == [4]
+    assert pc.data.val_folds == [3]
+    assert 4 not in pc.data.train_folds
+    assert pc.train.method == "simclr" and pc.train.seed == 3 and pc.train.out_dir == "out"
+    assert pc.train.augment  # the per-method section was merged
+
+
+def test_pooled_stats_mean_std_and_ci() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    good = np.eye(3)[y] * 0.6 + rng.random((60, 3)) * 0.4
+    noise = rng.random((60, 3))
+    out = pooled_stats(y, [good, noise], "probe", ["a", "b", "c"], n_boot=50)
+    auc = out["stats"]["auc"]
+    assert auc["n"] == 2
+    per_seed = [r["auc"] for r in out["per_seed"]]
+    assert auc["mean"] == pytest.approx(np.mean(per_seed))
+    assert auc["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    lo, hi = auc["ci"]
+    assert lo <= auc["mean"] <= hi
+    zs = pooled_stats(y, [good], "zero_shot", ["a", "b", "c"], n_boot=0)
+    cells = unflatten(zs["stats"])
+    assert cells["average"]["auc"]["mean"] == pytest.approx(zs["per_seed"][0]["average"]["auc"])
+
+
+def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
+    """The quick-start protocol on the bundled sample, shrunk: tables, JSON and plots appear."""
+    import json
+
+    from etp.benchmark import run_benchmark
+
+    cfg = load_benchmark_config(
+        str(REPO / "configs" / "quickstart-benchmark.yaml"),
+        [
+            f"out_dir={tmp_path / 'results'}",
+            f"work_dir={tmp_path / 'work'}",
+            f"prepare.root={sample_dir / 'ptb-xl'}",
+            f"prepare.out={tmp_path / 'cache'}",
+            f"transfer.cpsc2018.prepare.root={sample_dir / 'cpsc2018'}",
+            f"transfer.cpsc2018.prepare.out={tmp_path / 'cache-cpsc'}",
+            "pretrain.train.epochs=2",
+            "probe.max_epochs=5",
+            "probe.weight_decays=[0.0]",
+            "bootstrap=20",
+        ],
+    )
+    results = run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
+    out = tmp_path / "results"
+    md = (out / "results.md").read_text()
+    assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
+    assert "ETP (paper)" in md and "83.5" in md
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["seeds"] == [0]
+    lp = saved["results"]["ptbxl"]["linear_probe"]
+    assert set(lp) == {"etp", "random"}
+    # the two encoders differ, so their probes must too
+    assert lp["etp"]["1.0"]["per_seed"] != lp["random"]["1.0"]["per_seed"]
+    assert results["ptbxl"]["zero_shot"]["etp"]["val-selected"]["chosen"]
+    assert (out / "roc_zero_shot_etp.png").stat().st_size > 1000
+    assert (out / "embedding_map_etp.png").is_file()
+    # test-fold records never reached pretraining: fold 10 excluded in the saved run config
+    run_cfg = (tmp_path / "work" / "models" / "etp" / "seed0" / "test10" / "config.yaml").read_text()
+    assert "exclude_folds:\n  - 10" in run_cfg or "exclude_folds: [10]" in run_cfg
+    # a second run reuses models and features (no retraining): it is much faster
+    import time
+
+    t0 = time.perf_counter()
+    run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
+    assert time.perf_counter() - t0 < 60

@@ -1,0 +1,157 @@
+"""`etp evaluate` on the bundled PTB-XL sample with a small untrained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SAMPLE_DIR
+from etp.cli import main
+
+
+def _save(path: Path, method: str = "etp") -> Path:
+    from etp.config import ModelConfig
+    from etp.data.signal import PreprocessConfig
+    from etp.models.etp import ETPModel, save_model_dir
+    from etp.text.encoder import TextEncoder
+
+    enc = TextEncoder("minilm")
+    torch.manual_seed(2)
+    model = ETPModel(ModelConfig(), None if method == "simclr" else enc.dim, method)
+    spec = None if method == "simclr" else enc.spec
+    return save_model_dir(path, model, model.cfg, PreprocessConfig().to_dict(), spec, {})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from etp.data.prepare import PrepareConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("evaluate")
+    cache = root / "cache"
+    prepare_dataset(PrepareConfig(dataset="ptbxl", root=str(SAMPLE_DIR / "ptb-xl"), out=str(cache)))
+    return _save(root / "model"), _save(root / "simclr", "simclr"), cache
+
+
+FAST = ["--bootstrap", "30", "--probe-epochs", "3", "--probe-patience", "2"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["evaluate", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_everything_json_and_files(setup, tmp_path, capsys) -> None:
+    model, _, cache = setup
+    out_dir = tmp_path / "eval"
+    rc, out, err = _run(
+        capsys,
+        "--model",
+        str(model),
+        "--cache",
+        str(cache),
+        *FAST,
+        "--json",
+        "--languages",
+        "en,de",
+        "--features-cache",
+        str(tmp_path / "feat"),
+        "--out",
+        str(out_dir),
+        "--plots",
+    )
+    assert rc == 0, err
+    res = json.loads(out)
+    data = res["data"]
+    assert data["dataset"] == "ptbxl" and data["classes"] == ["NORM", "MI", "STTC", "CD", "HYP"]
+    assert data["test_counts"]["HYP"] == 0  # fold 10 of ids 1-999 has no single-label HYP
+    zs = res["zero_shot"]["en+de"]
+    assert zs["metrics"]["absent"] == ["HYP"] and "average.auc" in zs["ci"]
+    assert zs["prompts"]["MI"] == ["this ECG indicates myocardial infarction", "inferiorer infarkt"]
+    lp = res["linear_probe"]["100%"]
+    assert 1 <= lp["selection"]["best_epoch"] <= 3 and 0 <= lp["test"]["auc"] <= 1
+    assert set(res["retrieval"]["ecg_to_report"]) == {"R@1", "R@5", "R@10"}
+    assert res["model"]["method"] == "etp" and len(res["model"]["fingerprint"]) == 64
+    saved = json.loads((out_dir / "results.json").read_text())
+    assert saved["results"] == res and saved["meta"]["seeds"] == [0]
+    md = (out_dir / "results.md").read_text()
+    assert "| Average | ETP |" in md and "| ETP (paper) | 83.5 | 61.3 |" in md
+    pngs = sorted(p.name for p in out_dir.glob("*.png"))
+    assert "embedding-map.png" in pngs and any(p.startswith("roc-zero-shot") for p in pngs)
+    assert any(p.startswith("roc-linear-probe") for p in pngs)
+    assert len(list((tmp_path / "feat").glob("*.npy"))) >= 3  # features extracted once, kept
+
+
+def test_markdown_tables_and_fractions(setup, capsys) -> None:
+    model, _, cache = setup
+    rc, out, err = _run(
+        capsys,
+        "--model",
+        str(model),
+        "--cache",
+        str(cache),
+        *FAST,
+        "--linear-probe",
+        "--label-fractions",
+        "0.1,1",
+    )
+    assert rc == 0, err
+    assert "## Linear probe — 10% of the training labels" in out
+    assert "## Linear probe — 100% of the training labels" in out
+    assert "Zero-shot" not in out and "Retrieval" not in out
+
+
+def test_simclr_model_and_bad_arguments(setup, tmp_path, capsys) -> None:
+    model, simclr, cache = setup
+    rc, out, err = _run(capsys, "--model", str(simclr), "--cache", str(cache), *FAST)
+    assert rc == 0, err  # no text side: only the linear probe runs
+    assert "Linear probe" in out and "Zero-shot" not in out
+    rc, _, err = _run(capsys, "--model", str(simclr), "--cache", str(cache), "--zero-shot")
+    assert rc == 2 and "simclr" in err and "no text" in err
+    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(tmp_path / "nocache"))
+    assert rc == 2 and "nocache" in err
+    rc, _, err = _run(
+        capsys, "--model", str(model), "--cache", str(cache), "--linear-probe", "--split", "val"
+    )
+    assert rc == 2 and "--split" in err
+    rc, _, err = _run(
+        capsys, "--model", str(model), "--cache", str(cache), "--label-fractions", "2"
+    )
+    assert rc == 2 and "label-fractions" in err
+    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--plots")
+    assert rc == 2 and "--out" in err
+
+
+def test_evaluate_model_library_api(setup) -> None:
+    """The entry point `etp benchmark` reuses: explicit record indices (e.g. rotated folds)."""
+    from etp.commands.evaluate import EvalOptions, evaluate_model
+    from etp.data.cache import load_prepared
+    from etp.eval.linear_probe import ProbeConfig
+    from etp.eval.zero_shot import PromptOptions
+    from etp.models.etp import load_model_dir
+
+    model, _, cache = setup
+    prepared = load_prepared(cache)
+    loaded = load_model_dir(model)
+    test = prepared.select(folds=[9, 10])
+    train = prepared.select(folds=list(range(1, 8)))
+    val = prepared.select(folds=[8])
+    opts = EvalOptions(
+        prompt_variants={"en": PromptOptions(), "de": PromptOptions(languages=("de",))},
+        probe=ProbeConfig(max_epochs=2, patience=1, weight_decays=(0.0,)),
+        bootstrap=0,
+        retrieval=False,
+    )
+    out = evaluate_model(loaded, prepared, test, train, val, opts)
+    assert set(out.results["zero_shot"]) == {"en", "de"}
+    assert "ci" not in out.results["zero_shot"]["en"]
+    y = out.arrays["y_test"]
+    assert y.size == out.results["data"]["n_test_single_label"]
+    assert out.arrays["zero_shot_probs:de"].shape == (y.size, 5)
+    assert out.arrays["probe_probs:100%"].shape == (y.size, 5)
+    assert np.all(np.isin(y, range(5)))
+    assert np.array_equal(prepared.label_index(out.arrays["test_indices"]), y)

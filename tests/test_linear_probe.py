@@ -1,0 +1,96 @@
+"""Linear probe (etp.eval.linear_probe): selection on validation only, a single test look."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from etp.eval.linear_probe import LinearProbe, ProbeConfig, run_linear_probe, stratified_fraction
+
+CLASSES = ["NORM", "MI", "STTC", "CD", "HYP"]
+P = np.array([7254, 2048, 1907, 1353, 416], dtype=float)  # PTB-XL train class frequencies
+P /= P.sum()
+FAST = dict(max_epochs=15, patience=4, weight_decays=(0.0, 1e-3))
+
+
+def _features(n: int, seed: int, sep: float = 1.0, dim: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder-like features: class means in a random 512-d space, offset and scaled."""
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(42).normal(size=(len(CLASSES), dim))
+    y = rng.choice(len(CLASSES), size=n, p=P)
+    x = 3.0 + 5.0 * (rng.normal(size=(n, dim)) + sep * means[y] / np.sqrt(dim) * 4)
+    return x.astype(np.float32), y
+
+
+def test_stratified_fraction() -> None:
+    y = np.repeat(np.arange(5), [700, 200, 190, 130, 4])
+    idx = stratified_fraction(y, 0.1, seed=0)
+    counts = np.bincount(y[idx], minlength=5)
+    assert counts.tolist() == [70, 20, 19, 13, 1]  # rare class keeps one
+    assert np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, stratified_fraction(y, 0.1, seed=0))
+    assert not np.array_equal(idx, stratified_fraction(y, 0.1, seed=1))
+    assert np.bincount(y[stratified_fraction(y, 0.01, 0)], minlength=5).tolist() == [7, 2, 2, 1, 1]
+    assert stratified_fraction(y, 1.0).size == y.size
+    with pytest.raises(ValueError, match="fraction"):
+        stratified_fraction(y, 0.0)
+
+
+def test_probe_learns_separable_features_and_tests_once() -> None:
+    xtr, ytr = _features(400, 0)
+    xva, yva = _features(150, 1)
+    xte, yte = _features(150, 2)
+    probe = LinearProbe(CLASSES, ProbeConfig(seed=0, **FAST))
+    with pytest.raises(RuntimeError, match="select"):
+        probe.evaluate_test(xte, yte)
+    sel = probe.select(xtr, ytr, xva, yva)
+    assert sel.weight_decay in (0.0, 1e-3)
+    assert 1 <= sel.best_epoch <= 15 and sel.n_train == 400
+    assert set(sel.history) == {"wd=0", "wd=0.001"}
+    assert sel.val_auc == pytest.approx(max(max(c) for c in sel.history.values()))
+    res = probe.evaluate_test(xte, yte)
+    assert res.test_metrics["auc"] > 0.9
+    assert res.test_probabilities.shape == (150, 5)
+    assert np.allclose(res.test_probabilities.sum(1), 1.0, atol=1e-5)
+    assert res.val_metrics is sel.val_metrics
+    with pytest.raises(RuntimeError, match="already evaluated"):
+        probe.evaluate_test(xte, yte)
+    d = res.to_dict()
+    assert d["selection"]["weight_decay"] == sel.weight_decay and "test" in d and "val" in d
+
+
+def test_selection_never_sees_test_and_is_seeded() -> None:
+    xtr, ytr = _features(300, 0, sep=0.5)
+    xva, yva = _features(120, 1, sep=0.5)
+    xte, yte = _features(120, 2, sep=0.5)
+    a = run_linear_probe(xtr, ytr, xva, yva, xte, yte, CLASSES, ProbeConfig(seed=3, **FAST))
+    rng = np.random.default_rng(0)
+    b = run_linear_probe(
+        xtr, ytr, xva, yva, xte, rng.permutation(yte), CLASSES, ProbeConfig(seed=3, **FAST)
+    )
+    # a different test split changes nothing that was selected
+    assert a.selection.weight_decay == b.selection.weight_decay
+    assert a.selection.best_epoch == b.selection.best_epoch
+    assert np.allclose(a.test_probabilities, b.test_probabilities)
+
+
+def test_random_features_give_chance_auc_and_fraction_is_used() -> None:
+    rng = np.random.default_rng(0)
+    ytr = rng.choice(5, size=300, p=P)
+    yva, yte = rng.choice(5, size=150, p=P), rng.choice(5, size=300, p=P)
+    x = lambda n: rng.normal(size=(n, 64)).astype(np.float32)  # noqa: E731
+    cfg = ProbeConfig(seed=0, label_fraction=0.1, **FAST)
+    res = run_linear_probe(x(300), ytr, x(150), yva, x(300), yte, CLASSES, cfg)
+    assert res.selection.n_train == stratified_fraction(ytr, 0.1, 0, 5).size < 40
+    assert 0.3 < res.test_metrics["auc"] < 0.7
+
+
+def test_bad_inputs() -> None:
+    x, y = _features(20, 0, dim=8)
+    probe = LinearProbe(CLASSES, ProbeConfig(**FAST))
+    with pytest.raises(ValueError, match="length"):
+        probe.select(x, y[:5], x, y)
+    with pytest.raises(ValueError, match="non-empty"):
+        probe.select(x[:0], y[:0], x, y)
+    with pytest.raises(ValueError, match="class indices"):
+        probe.select(x, np.full(20, 9), x, y)
