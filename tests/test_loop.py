@@ -21,6 +21,16 @@ from etp.train import loop
 from etp.train.loop import EpochBatchSampler, lr_factor, pretrain, select_records
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One compute thread: tiny batches gain nothing from two, and on a busy machine a second
+    oneDNN thread that gets descheduled stalls every kernel."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cache(ptbxl_sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the sample cache (the loop writes text embeddings beside it)."""

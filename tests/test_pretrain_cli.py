@@ -16,6 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One compute thread: tiny batches gain nothing from two, and on a busy machine a second
+    oneDNN thread that gets descheduled stalls every kernel."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cache(ptbxl_sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the sample cache (the run writes text embeddings beside it)."""

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from etp.config import ModelConfig, PretrainConfig, from_dict, to_dict
+from etp.config import ModelConfig, PretrainConfig, config_field, from_dict, to_dict
 from etp.data.prepare import PrepareConfig
 from etp.errors import ConfigError, DataError
 from etp.io import atomic_write_json, atomic_write_text
@@ -43,10 +43,7 @@ log = logging.getLogger(__name__)
 METHODS = ("etp", "simclr", "random")
 
 
-def _f(default: Any, help: str) -> Any:
-    from etp.config import _f as config_field
-
-    return config_field(default, help)
+_f = config_field
 
 
 @dataclass
@@ -755,7 +752,7 @@ def render_markdown(
         f"- methods and seeds: {', '.join(f'{m} {seeds_of(cfg, m)}' for m in cfg.methods)}; "
         f"bootstrap resamples: {cfg.bootstrap}",
         f"- protocol: {'fold rotation (every fold the test fold once; the previous fold validates; out-of-fold test predictions pooled)' if cfg.rotate_folds else f'test fold {cfg.test_fold}, validation fold {cfg.val_fold}'}; "
-        f"model choice: {cfg.model_choice} (by validation loss); probe and prompt choices on validation only",
+        f"pretrained model: {'the last epoch' if cfg.model_choice == 'last' else 'the epoch with the lowest validation loss'}; probe and prompt choices on validation only",
         f"- wall time: {results.get('seconds', {}).get('total', 0) / 60:.1f} min",
         "",
         "## Records used",

@@ -22,11 +22,16 @@ from etp.errors import ConfigError
 T = TypeVar("T")
 
 
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with help text (mutable defaults are copied per instance)."""
+def config_field(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with help text (and any further metadata); mutable defaults are copied
+    per instance."""
+    meta = {"help": help, **metadata}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_f = config_field
 
 
 # --------------------------------------------------------------------------------------------

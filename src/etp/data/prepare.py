@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from etp import __version__
+from etp.config import config_field
 from etp.data.cache import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -68,10 +69,7 @@ _OWNER_FILE = ".etp-prepare-owner"
 _SIGNAL_SUFFIXES = (".hea", ".dat", ".mat", ".npy")
 
 
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+_f = config_field
 
 
 @dataclass

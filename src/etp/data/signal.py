@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import signal as sps
 
+from etp.config import config_field
 from etp.errors import ConfigError, DataError
 
 N_LEADS = 12
@@ -38,10 +39,7 @@ N_LEADS = 12
 
 def _f(default: Any, help: str, paper: str) -> Any:
     """A dataclass field carrying its help text and what the paper says about it."""
-    meta = {"help": help, "paper": paper}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return config_field(default, help, paper=paper)
 
 
 @dataclass

@@ -17,6 +17,11 @@ What one run does, in order:
 Under ``torchrun`` each process reads its own shard of every epoch's permutation, the model is
 wrapped in DistributedDataParallel, the CLIP loss uses negatives from the whole global batch,
 and only rank 0 writes files.
+
+Speed on a CPU (``benchmarks/pretrain_speed.md``): batches are read with ``preadv`` straight from
+the cache file (:class:`CacheBatches`; resident memory independent of the number of records),
+the language model is out of the loop, and the ResNet runs its convolutions as 2-D
+channels-last ones (:func:`enable_channels_last`, same weights, checked before use).
 """
 
 from __future__ import annotations
