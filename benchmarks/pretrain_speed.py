@@ -487,7 +487,8 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     ]
     secs = res.get("sections", {})
     if len({(v["command"], v["date"]) for v in secs.values()}) > 1:
-        L += [f"  - section {k}: `{v['command']}` on {v['date']}" for k, v in secs.items()]
+        L += [f"  - section {k}: `{v['command']}` on {v['date']}"
+              + (f" ({v['note']})" if v.get("note") else "") for k, v in secs.items()]
     L += [
         f"- machine: {m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs, "
         f"{m['memory_gb']} GB RAM, bf16 ISA: {', '.join(m['bf16_isa']) or 'none'}; "

@@ -90,3 +90,10 @@ def test_round_trip_and_describe(tmp_path: Path) -> None:
     rows = {key: help_text for key, help_text, _ in describe(PretrainConfig)}
     assert "train.lr" in rows and rows["train.lr"]
     assert all(text for text in rows.values()), "every field carries help text"
+
+
+def test_exponent_without_dot_is_a_number() -> None:
+    cfg = load_config(PretrainConfig, None, ["train.lr=1e-3"])
+    assert cfg.train.lr == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match=r"train\.lr: expected a number"):
+        load_config(PretrainConfig, None, ["train.lr=fast"])
