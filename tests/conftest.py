@@ -59,3 +59,13 @@ def cpsc_sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One compute thread for a test module: tiny batches gain nothing from two, and on a busy
+    machine a second oneDNN thread that gets descheduled stalls every kernel."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

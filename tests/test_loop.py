@@ -21,14 +21,7 @@ from etp.train import loop
 from etp.train.loop import EpochBatchSampler, lr_factor, pretrain, select_records
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One compute thread: tiny batches gain nothing from two, and on a busy machine a second
-    oneDNN thread that gets descheduled stalls every kernel."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One compute thread: tiny batches gain nothing from two, and on a busy machine a second
-    oneDNN thread that gets descheduled stalls every kernel."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
