@@ -135,3 +135,16 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     t0 = time.perf_counter()
     run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
     assert time.perf_counter() - t0 < 60
+
+
+def test_reuse_key_of_simclr_ignores_the_text_side() -> None:
+    from etp.benchmark import _model_key
+    from etp.config import PretrainConfig, to_dict
+
+    a, b = PretrainConfig(), PretrainConfig()
+    b.model.report_translation = "builtin"
+    b.model.text_model = "/some/other/model"
+    assert _model_key(to_dict(a), "simclr") == _model_key(to_dict(b), "simclr")
+    assert _model_key(to_dict(a), "etp") != _model_key(to_dict(b), "etp")
+    b.train.lr = 1e-4  # anything else still counts
+    assert _model_key(to_dict(a), "simclr") != _model_key(to_dict(b), "simclr")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from etp.eval.metrics import (
     aggregate_seeds,
@@ -128,3 +132,188 @@ def test_mean_std_and_seed_aggregation() -> None:
     assert agg["per_class.A.auc"]["std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
     assert "absent" not in agg
     assert flatten_metrics({"a": {"b": 1, "c": "x"}, "d": True}) == {"a.b": 1.0}
+
+
+# --- the numpy metrics against a direct scikit-learn reference ---------------------------------
+
+
+def _sk_present(y: np.ndarray, n_classes: int) -> list[int]:
+    return [c for c in range(n_classes) if 0 < np.sum(y == c) < y.size]
+
+
+def _sk_classification(y: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """classification_metrics written with sklearn calls (the reference)."""
+    present = _sk_present(y, len(classes))
+    pred = p.argmax(axis=1)
+    f1s = f1_score(y, pred, labels=list(range(len(classes))), average=None, zero_division=0)
+    per_class = {
+        name: {
+            "auc": float(roc_auc_score(y == c, p[:, c])) if c in present else math.nan,
+            "f1": float(f1s[c]) if c in present else math.nan,
+            "n": int(np.sum(y == c)),
+        }
+        for c, name in enumerate(classes)
+    }
+    return {
+        "auc": float(np.mean([per_class[classes[c]]["auc"] for c in present]))
+        if present
+        else math.nan,
+        "f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
+        if present
+        else math.nan,
+        "acc": float(accuracy_score(y, pred)),
+        "per_class": per_class,
+        "absent": [name for c, name in enumerate(classes) if c not in present],
+        "n": int(y.size),
+    }
+
+
+def _sk_zero_shot(y: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """zero_shot_metrics written with sklearn calls (the reference)."""
+    present = _sk_present(y, len(classes))
+    pred = p.argmax(axis=1)
+    per_class = {}
+    for c, name in enumerate(classes):
+        truth, hit, ok = y == c, pred == c, c in present
+        per_class[name] = {
+            "auc": float(roc_auc_score(truth, p[:, c])) if ok else math.nan,
+            "acc": float(accuracy_score(truth, hit)) if ok else math.nan,
+            "f1": float(f1_score(truth, hit, zero_division=0)) if ok else math.nan,
+            "n": int(truth.sum()),
+        }
+    return {
+        "per_class": per_class,
+        "average": {
+            m: float(np.mean([per_class[classes[c]][m] for c in present]))
+            if present
+            else math.nan
+            for m in ("auc", "acc", "f1")
+        },
+        "accuracy": float(accuracy_score(y, pred)) if y.size else math.nan,
+        "absent": [name for c, name in enumerate(classes) if c not in present],
+        "n": int(y.size),
+    }
+
+
+def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["absent"] == want["absent"] and got["n"] == want["n"]
+    g, w = flatten_metrics(got), flatten_metrics(want)
+    assert list(g) == list(w)
+    for key, value in w.items():
+        if math.isnan(value):
+            assert math.isnan(g[key]), key
+        else:
+            assert g[key] == pytest.approx(value, rel=0, abs=1e-12), key
+
+
+def _case(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random labels and scores of one edge-case kind (5 classes)."""
+    rng = np.random.default_rng(seed)
+    n = {"tiny": int(rng.integers(1, 5)), "single": int(rng.integers(1, 30))}.get(
+        kind, int(rng.integers(20, 300))
+    )
+    y = rng.choice(5, size=n, p=FREQ / FREQ.sum())
+    p = rng.dirichlet(np.ones(5), size=n)
+    p[np.arange(n), y] += rng.uniform(0, 0.5, size=n)
+    if kind == "ties":  # few distinct scores: ties within a class and in the arg-max
+        p = rng.integers(0, 4, size=(n, 5)) / 3.0
+    elif kind == "absent":  # one or two classes without records
+        y = rng.choice([0, 2, 3] if seed % 2 else [0, 1, 2, 3], size=n)
+    elif kind == "never_predicted":  # a class that is never the arg-max (F1 = 0)
+        p[:, int(rng.integers(5))] = -1.0
+    elif kind == "single":
+        y = np.full(n, int(rng.integers(5)))
+    elif kind == "tiny":
+        p = np.round(p, 1)
+    return y, p
+
+
+KINDS = ("plain", "ties", "absent", "never_predicted", "single", "tiny")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_metrics_match_sklearn_on_random_data(kind: str) -> None:
+    for seed in range(25):
+        y, p = _case(kind, seed)
+        got = classification_metrics(y, p, PTBXL, warn=False)
+        _assert_same(got, _sk_classification(y, p, PTBXL))
+        _assert_same(zero_shot_metrics(y, p, PTBXL, warn=False), _sk_zero_shot(y, p, PTBXL))
+
+
+def test_auc_ties_by_hand() -> None:
+    # positives 0.5, 0.5, 0.9 vs negatives 0.1, 0.5: pairs won 1+1+2 and 0.5+0.5 tied -> 5/6
+    y = np.array([1, 1, 1, 0, 0])
+    s = np.array([0.5, 0.5, 0.9, 0.1, 0.5])
+    p = np.stack([1 - s, s], axis=1)
+    m = zero_shot_metrics(y, p, ["neg", "pos"])
+    assert m["per_class"]["pos"]["auc"] == pytest.approx(5 / 6, abs=1e-15)
+    assert m["per_class"]["pos"]["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-15)
+    const = zero_shot_metrics(y, np.full((5, 2), 0.5), ["neg", "pos"])
+    assert const["average"]["auc"] == 0.5  # all scores tied
+
+
+def test_empty_and_degenerate_inputs_behave_as_before(caplog: pytest.LogCaptureFixture) -> None:
+    empty_y, empty_p = np.zeros(0, dtype=int), np.zeros((0, 5))
+    z = zero_shot_metrics(empty_y, empty_p, PTBXL, warn=False)
+    assert z["n"] == 0 and z["absent"] == PTBXL and math.isnan(z["accuracy"])
+    with pytest.raises(ValueError):  # as sklearn's f1_score on no records
+        classification_metrics(empty_y, empty_p, PTBXL, warn=False)
+    y, p = _data(60)
+    p[3, 1] = np.nan  # a present class: roc_auc_score refuses it
+    with pytest.raises(ValueError, match="NaN"):
+        zero_shot_metrics(y, p, PTBXL, warn=False)
+    with pytest.raises(ValueError, match="NaN"):
+        classification_metrics(y, p, PTBXL, warn=False)
+    keep = y != 4
+    q = p[keep].copy()
+    q[:, 1] = 0.1
+    q[:, 4] = -np.inf  # absent and never predicted: not scored, so its column is not checked
+    got = zero_shot_metrics(y[keep], q, PTBXL, warn=False)
+    _assert_same(got, _sk_zero_shot(y[keep], q, PTBXL))
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no sklearn-style UndefinedMetricWarning either
+        caplog.clear()
+        classification_metrics(y[keep], q, PTBXL, warn=False)
+        zero_shot_metrics(y[keep], q, PTBXL, warn=False)
+        assert caplog.records == []
+        zero_shot_metrics(y[keep], q, PTBXL)
+        assert [r.levelno for r in caplog.records] == [logging.WARNING] and "HYP" in caplog.text
+
+
+def _reference_ci(
+    fn: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
+    y: np.ndarray,
+    p: np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
+    """bootstrap_ci as documented, written out with a sklearn-based metric."""
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = rng.integers(0, y.size, size=y.size)
+        for key, v in flatten_metrics(fn(y[idx], p[idx])).items():
+            samples.setdefault(key, []).append(v)
+    out = {}
+    for key, values in samples.items():
+        arr = np.asarray(values)
+        arr = arr[np.isfinite(arr)]
+        lo, hi = np.quantile(arr, [0.025, 0.975]) if arr.size else (math.nan, math.nan)
+        out[key] = (float(lo), float(hi))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("fast", "slow"),
+    [(zero_shot_metrics, _sk_zero_shot), (classification_metrics, _sk_classification)],
+)
+def test_bootstrap_ci_matches_sklearn_reference(
+    fast: Callable[..., dict[str, Any]], slow: Callable[..., dict[str, Any]]
+) -> None:
+    y, p = _data(800, seed=5, signal=1.0)
+    p = np.round(p, 2)  # ties, as probabilities saved at low precision give
+    got = bootstrap_ci(lambda a, b: fast(a, b, PTBXL, warn=False), y, p, n_boot=200, seed=7)
+    want = _reference_ci(lambda a, b: slow(a, b, PTBXL), y, p, n_boot=200, seed=7)
+    assert list(got) == list(want)
+    for key, (lo, hi) in want.items():
+        assert got[key] == pytest.approx((lo, hi), rel=0, abs=1e-12, nan_ok=True), key

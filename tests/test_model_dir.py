@@ -151,6 +151,25 @@ def test_loaded_model_text_side(saved: tuple[Path, ETPModel]) -> None:
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
 
 
+def test_translating_model_translates_prompts_with_its_stored_glossary(
+    tmp_path: Path, text_spec: dict
+) -> None:
+    cfg = ModelConfig(report_translation="builtin")
+    model = ETPModel(cfg, text_dim=384)
+    spec = dict(text_spec, report_glossary={"vorhofflimmern": "atrial fibrillation"})
+    loaded = load_model_dir(save_model_dir(tmp_path / "t", model, cfg, PREP, spec))
+    # the glossary stored in the model directory is used, not the packaged one
+    assert loaded.prepare_texts(["Vorhofflimmern", "sinusrhythmus"]) == [
+        "atrial fibrillation",
+        "sinusrhythmus",
+    ]
+    t = loaded.embed_texts(["vorhofflimmern", "atrial fibrillation"])
+    np.testing.assert_allclose(t[0], t[1])
+    no_glossary = load_model_dir(save_model_dir(tmp_path / "n", model, cfg, PREP, text_spec))
+    with pytest.raises(ModelError, match="holds no glossary"):
+        no_glossary.embed_texts(["vorhofflimmern"])
+
+
 def test_simclr_model_has_no_text_side(tmp_path: Path) -> None:
     path = save_model_dir(tmp_path / "s", ETPModel(ModelConfig(), method="simclr"), None, PREP)
     loaded = load_model_dir(path)

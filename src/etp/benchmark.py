@@ -65,7 +65,9 @@ class ProbeSection:
     batch_size: int = _f(32, "batch size (paper: 32)")
     max_epochs: int = _f(100, "maximum epochs; early stopping on validation macro AUC")
     patience: int = _f(10, "epochs without validation improvement before stopping")
-    weight_decays: list[float] = _f([0.0, 1e-4, 1e-3, 1e-2], "grid searched on validation")
+    weight_decays: list[float] = _f(
+        [0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0], "Adam weight-decay grid searched on validation"
+    )
     label_fractions: list[float] = _f([0.01, 0.1, 1.0], "fractions of the training labels")
 
 
@@ -264,7 +266,11 @@ def obtain_model(
         return model_dir
 
     pcfg = pretrain_config(cfg, method, seed, rotation, str(run_dir), cache=str(prepared.path))
-    key = {"pretrain": to_dict(pcfg), "cache": prepared.fingerprint, "choice": cfg.model_choice}
+    key = {
+        "pretrain": _model_key(to_dict(pcfg), method),
+        "cache": prepared.fingerprint,
+        "choice": cfg.model_choice,
+    }
     from etp.train.loop import BEST_MODEL_DIR
 
     chosen = run_dir / (BEST_MODEL_DIR if cfg.model_choice == "best" else "model")
@@ -280,6 +286,27 @@ def obtain_model(
         marker, {"key": key, "model": str(chosen), "seconds": time.perf_counter() - t0}
     )
     return chosen
+
+
+#: model settings a SimCLR model does not depend on (it has no text side)
+_TEXT_ONLY_FIELDS = (
+    "text_model",
+    "text_pooling",
+    "text_max_length",
+    "text_normalize",
+    "report_translation",
+)
+
+
+def _model_key(pretrain: dict[str, Any], method: str) -> dict[str, Any]:
+    """The pretraining settings that decide a model of ``method`` (reuse key).
+
+    A change of the text side (text model, translation, ...) must not retrain SimCLR models.
+    """
+    if method != "simclr":
+        return pretrain
+    model = {k: v for k, v in pretrain["model"].items() if k not in _TEXT_ONLY_FIELDS}
+    return {**pretrain, "model": model}
 
 
 def _reusable(marker: Path, key: Mapping[str, Any], model_dir: Path) -> bool:
@@ -303,12 +330,17 @@ def _random_model(model_cfg: ModelConfig, seed: int, prepared: Any, out: Path) -
     )
     torch.manual_seed(seed)
     model = ETPModel(model_cfg, text_dim=encoder.dim, method="random")
+    text_spec = dict(encoder.spec)
+    if model_cfg.report_translation != "none":
+        from etp.data.text import load_glossary
+
+        text_spec["report_glossary"] = load_glossary(model_cfg.report_translation)
     save_model_dir(
         out,
         model,
         model_cfg,
         preprocessing=prepared.preprocessing,
-        text_spec=encoder.spec,
+        text_spec=text_spec,
         extra={"seed": seed, "note": "random initialisation, never trained"},
     )
 

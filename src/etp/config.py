@@ -70,6 +70,12 @@ class ModelConfig:
     text_normalize: bool = _f(
         False, "normalise report text (case, umlauts, whitespace) before encoding"
     )
+    report_translation: str = _f(
+        "none",
+        "translate non-English reports (and prompts) to English before encoding: 'none', "
+        "'builtin' (etp's German/Swedish ECG glossary) or a glossary YAML file; the glossary is "
+        "stored in the model directory",
+    )
     init_temperature: float = _f(0.07, "initial softmax temperature (logit scale = 1/T)")
     learn_temperature: bool = _f(True, "learn the temperature (CLIP) or keep it fixed")
     max_logit_scale: float = _f(100.0, "clamp of the learnable logit scale, as in CLIP")

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
 
 #: upper-case letters that PTB-XL writes inside lower-case words instead of ä, ö, ü, å
 _UPPER_UMLAUTS = "ÄÖÜÅ"
@@ -118,3 +121,84 @@ def detect_language(text: str) -> str:
     if best == 0 or len(winners) > 1:
         return "unknown"
     return winners[0]
+
+
+#: the glossary shipped with etp (German and Swedish ECG statements -> English)
+BUILTIN_GLOSSARY = "builtin"
+
+
+@lru_cache(maxsize=8)
+def _load_glossary_file(path: str) -> tuple[tuple[str, str], ...]:
+    import yaml
+
+    from etp.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"report glossary {path}: cannot read it ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"report glossary {path}: not valid YAML ({exc})") from None
+    phrases = doc.get("phrases") if isinstance(doc, dict) else None
+    if not isinstance(phrases, dict) or not phrases:
+        raise ConfigError(f"report glossary {path}: needs a non-empty 'phrases:' mapping")
+    bad = [k for k, v in phrases.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise ConfigError(f"report glossary {path}: keys and values must be text; bad key(s) {bad[:5]}")
+    return tuple((normalize_report(k), v) for k, v in phrases.items() if normalize_report(k))
+
+
+def load_glossary(source: str | Path = BUILTIN_GLOSSARY) -> dict[str, str]:
+    """Phrase -> English mapping from ``source``: ``"builtin"`` or a YAML file with ``phrases:``.
+
+    Keys are normalised like reports (:func:`normalize_report`), so a glossary may be written
+    with either spelling of the umlauts.
+    """
+    if str(source) == BUILTIN_GLOSSARY:
+        from importlib.resources import files
+
+        path = str(files("etp.resources").joinpath("report_glossary.yaml"))
+    else:
+        path = str(Path(source).expanduser().resolve())
+    return dict(_load_glossary_file(path))
+
+
+class ReportTranslator:
+    """Phrase-table translation of non-English ECG reports into English.
+
+    Why: the packaged text model (MiniLM) is English-only, while most PTB-XL reports are German;
+    the same finding written in two languages lands far apart in its embedding space, which
+    splits the contrastive targets and puts German reports far from English prompts. ECG reports
+    are formulaic (device statements), so a glossary of a few hundred phrases covers nearly all
+    words. English reports are returned normalised but otherwise unchanged; a non-English word
+    the glossary lacks is kept as written.
+    """
+
+    def __init__(self, glossary: Mapping[str, str]) -> None:
+        if not glossary:
+            raise ValueError("ReportTranslator needs a non-empty glossary")
+        self.glossary = {normalize_report(k): v for k, v in glossary.items()}
+        keys = sorted(self.glossary, key=len, reverse=True)
+        alternation = "|".join(re.escape(k) for k in keys)
+        # whole words only: no letter or digit may touch a match on either side
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")
+
+    def __call__(self, text: str) -> str:
+        """English text for one report (normalised; the input is never changed)."""
+        norm = normalize_report(text)
+        if detect_language(text) == "en":
+            return norm
+        out = self._pattern.sub(lambda m: self.glossary[m.group(0)], norm)
+        return _WHITESPACE.sub(" ", out).strip()
+
+    def translate(self, texts: list[str] | tuple[str, ...]) -> list[str]:
+        """:meth:`__call__` over a list (each distinct text translated once)."""
+        memo: dict[str, str] = {}
+        return [memo[t] if t in memo else memo.setdefault(t, self(t)) for t in texts]
+
+
+def translate_report(text: str, glossary: str | Path | Mapping[str, str] = BUILTIN_GLOSSARY) -> str:
+    """English version of one report with the given glossary (see :class:`ReportTranslator`)."""
+    table = glossary if isinstance(glossary, Mapping) else load_glossary(glossary)
+    return ReportTranslator(table)(text)

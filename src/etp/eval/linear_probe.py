@@ -40,7 +40,7 @@ class ProbeConfig:
     batch_size: int = 32
     max_epochs: int = 100
     patience: int = 10
-    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
+    weight_decays: tuple[float, ...] = (0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
     label_fraction: float = 1.0
     seed: int = 0
     device: str = "cpu"

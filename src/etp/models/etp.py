@@ -297,6 +297,7 @@ class LoadedModel:
         self.path = path
         self.meta = meta
         self._text_encoder: Any = None
+        self._translator: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -363,17 +364,33 @@ class LoadedModel:
             self._text_encoder = TextEncoder.from_spec(self.text_spec, device=str(self.device))
         return self._text_encoder
 
+    def prepare_texts(self, texts: Sequence[str]) -> list[str]:
+        """Texts as the model saw its training reports: normalised and/or translated."""
+        from etp.data.text import ReportTranslator, normalize_report
+
+        out = list(texts)
+        if self.config.report_translation != "none":
+            glossary = (self.text_spec or {}).get("report_glossary")
+            if not isinstance(glossary, dict) or not glossary:
+                raise ModelError(
+                    f"{self.path}: the model was trained with report_translation="
+                    f"{self.config.report_translation!r} but its directory holds no glossary "
+                    "(text_spec.report_glossary in config.json)"
+                )
+            if self._translator is None:
+                self._translator = ReportTranslator(glossary)
+            out = self._translator.translate(out)
+        elif self.config.text_normalize:
+            out = [normalize_report(t) for t in out]
+        return out
+
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], cache_dir: str | Path | None = None) -> np.ndarray:
         """L2-normalised text embeddings ``(n, embed_dim)`` float32 (frozen model + text head)."""
         from etp.text.cache import embed_texts
         from etp.text.encoder import check_texts
 
-        texts = check_texts(texts)
-        if self.config.text_normalize:
-            from etp.data.text import normalize_report
-
-            texts = [normalize_report(t) for t in texts]
+        texts = self.prepare_texts(check_texts(texts))
         encoder = self.text_encoder()
         unique, index = embed_texts(texts, encoder, cache_dir)
         t = torch.from_numpy(unique).to(self.device)

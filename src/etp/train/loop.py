@@ -676,6 +676,13 @@ class _Run:
         self.text_spec = dict(encoder.spec)
         used = np.concatenate([self.sel.train, self.sel.val])
         texts = self.prepared.meta[self.text_column].astype(str).to_numpy()[used].tolist()
+        if m.report_translation != "none":
+            from etp.data.text import ReportTranslator, load_glossary
+
+            glossary = load_glossary(m.report_translation)
+            texts = ReportTranslator(glossary).translate(texts)
+            # the glossary travels with the model so that prompts are translated the same way
+            self.text_spec["report_glossary"] = glossary
         # beside the signal cache when it is writable, else in the run directory
         cache_dir = Path(self.cfg.data.cache) / "text_emb"
         if not os.access(cache_dir if cache_dir.is_dir() else cache_dir.parent, os.W_OK):
