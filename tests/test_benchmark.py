@@ -135,6 +135,12 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     t0 = time.perf_counter()
     run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
     assert time.perf_counter() - t0 < 60
+    # a changed pretraining setting retrains afresh; the old run's checkpoint (other settings)
+    # is not resumed (that used to fail with a config mismatch)
+    cfg.pretrain["train"]["epochs"] = 3
+    run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
+    run_dir = tmp_path / "work" / "models" / "etp" / "seed0" / "test10"
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 3
 
 
 def test_reuse_key_of_simclr_ignores_the_text_side() -> None:

@@ -279,7 +279,7 @@ def obtain_model(
     from etp.train.loop import pretrain
 
     t0 = time.perf_counter()
-    last = pretrain(pcfg, resume=(run_dir / "checkpoints").exists())
+    last = pretrain(pcfg, resume=_resumable(pcfg, run_dir))
     if not chosen.exists():  # no validation records: the best model is the last one
         chosen = last
     atomic_write_json(
@@ -307,6 +307,33 @@ def _model_key(pretrain: dict[str, Any], method: str) -> dict[str, Any]:
         return pretrain
     model = {k: v for k, v in pretrain["model"].items() if k not in _TEXT_ONLY_FIELDS}
     return {**pretrain, "model": model}
+
+
+def _resumable(pcfg: PretrainConfig, run_dir: Path) -> bool:
+    """True when ``run_dir`` holds an interrupted run of this very config (resume it).
+
+    A checkpoint written with other settings (the benchmark config changed since) is stale: it is
+    removed so that the model is trained afresh instead of failing on the config mismatch.
+    """
+    import shutil
+
+    from etp.train.checkpoint import config_differences, load_checkpoint
+    from etp.train.loop import checkpoint_path
+
+    path = checkpoint_path(pcfg.train.out_dir)
+    if not path.is_file():
+        return False
+    try:
+        saved = load_checkpoint(path)["config"]
+    except Exception as exc:  # unreadable: the loop would fail on it too
+        log.warning("%s: unreadable checkpoint (%s); training afresh", path, exc)
+        saved = None
+    if saved is not None and not config_differences(saved, to_dict(pcfg)):
+        return True
+    if saved is not None:
+        log.warning("%s: written with other settings; training afresh", path)
+    shutil.rmtree(path.parent)
+    return False
 
 
 def _reusable(marker: Path, key: Mapping[str, Any], model_dir: Path) -> bool:
