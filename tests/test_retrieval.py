@@ -89,3 +89,24 @@ def test_records_without_report_are_skipped_and_bad_input() -> None:
         evaluate_retrieval(np.zeros((3, 4)), ["a"], fn)
     with pytest.raises(ValueError, match="gallery"):
         retrieval_metrics(np.zeros((2, 4)), np.zeros((1, 4)), np.array([0, 3]))
+
+
+def test_reports_with_the_same_canonical_text_are_one_gallery_item() -> None:
+    """Two spellings of one report, embedded identically, must not cost each other the hit."""
+    from etp.data.text import ReportTranslator, load_glossary
+
+    translate = ReportTranslator(load_glossary()).translate
+    reports = ["sinusrhythmus normales ekg", "sinus rhythm normal ecg", "sinus rhythm. right bundle branch block."]
+    base = embed_by_text()
+
+    def embed(texts: list[str]) -> np.ndarray:  # what a translating model does: embed the translation
+        return base(translate(texts))
+
+    ecg = embed(reports)  # every ECG sits exactly on its report
+    plain = evaluate_retrieval(ecg, reports, embed, ks=(1,))
+    merged = evaluate_retrieval(ecg, reports, embed, ks=(1,), canonical=translate)
+    assert plain["ecg_to_report"]["R@1"] == pytest.approx(1 / 3)  # the twins tie: no credit
+    assert merged["ecg_to_report"]["R@1"] == 1.0
+    assert merged["report_to_ecg"]["R@1"] == 1.0
+    with pytest.raises(ValueError, match="canonical"):
+        evaluate_retrieval(ecg, reports, embed, canonical=lambda ts: ts[:1])

@@ -502,7 +502,9 @@ def evaluate_model(
                 every_emb = extract(
                     model, prepared, every, "embedding", bf16=bf16, cache_dir=feat_dir
                 )
-                out.retrieval = evaluate_retrieval(every_emb, reports, embed_texts)
+                out.retrieval = evaluate_retrieval(
+                    every_emb, reports, embed_texts, canonical=model.prepare_texts
+                )
     return out
 
 

@@ -215,7 +215,10 @@ def evaluate_model(
         r_idx = test_idx[has]
         emb = extract(loaded, prepared, r_idx, kind="embedding", **kw)
         results["retrieval"] = evaluate_retrieval(
-            emb, [t for t, h in zip(texts, has) if h], loaded.embed_texts
+            emb,
+            [t for t, h in zip(texts, has) if h],
+            loaded.embed_texts,
+            canonical=loaded.prepare_texts,
         )
     return EvalOutput(results=results, arrays=arrays)
 

@@ -79,10 +79,14 @@ def evaluate_retrieval(
     reports: Sequence[str],
     embed_texts: Callable[[list[str]], np.ndarray],
     ks: Sequence[int] = DEFAULT_KS,
+    canonical: Callable[[list[str]], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Recall@K with the distinct non-empty report texts of ``reports`` as the gallery.
 
-    ECGs without a report (empty text) are left out of the queries.
+    ECGs without a report (empty text) are left out of the queries. ``canonical`` maps reports
+    to the text the model actually embeds (e.g. :meth:`etp.models.etp.LoadedModel.prepare_texts`:
+    normalised or translated); reports with the same canonical text are one gallery item, since
+    as separate items their identical embeddings would tie and cost each other the hit.
     """
     texts = [str(r) for r in reports]
     if len(texts) != np.asarray(ecg_emb).shape[0]:
@@ -91,12 +95,16 @@ def evaluate_retrieval(
     if not keep.any():
         raise ValueError("no ECG in the split has a report to retrieve")
     kept = [t for t, k in zip(texts, keep) if k]
-    gallery = list(dict.fromkeys(kept))
+    keys = list(canonical(kept)) if canonical is not None else kept
+    if len(keys) != len(kept):
+        raise ValueError(f"canonical() returned {len(keys)} texts for {len(kept)} reports")
+    first = dict(zip(reversed(keys), reversed(kept)))  # key -> its first report as written
+    gallery = list(dict.fromkeys(keys))
     row = {t: i for i, t in enumerate(gallery)}
     out = retrieval_metrics(
         np.asarray(ecg_emb)[keep],
-        np.asarray(embed_texts(gallery)),
-        np.array([row[t] for t in kept]),
+        np.asarray(embed_texts([first[k] for k in gallery])),
+        np.array([row[t] for t in keys]),
         ks,
     )
     out["n_without_report"] = int((~keep).sum())
