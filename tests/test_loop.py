@@ -307,6 +307,11 @@ def test_huge_learning_rate_is_reported_as_non_finite_loss(cache: Path, tmp_path
         (["data.max_records=5"], DataError, r"5 training record\(s\).*fewer than train\.batch_size=8"),
         (["model.text_model=/nonexistent"], ModelError, "/nonexistent"),
         (["data.cache="], ConfigError, r"data\.cache is not set"),
+        (
+            ["model.report_translation=/nonexistent/glossary.yaml"],
+            ConfigError,
+            r"model\.report_translation='/nonexistent/glossary\.yaml': report glossary .*cannot read",
+        ),
         (["train.augment=[crop,zoom]", "train.method=simclr"], ConfigError, "unknown augmentation 'zoom'"),
     ],
 )

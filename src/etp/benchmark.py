@@ -357,11 +357,12 @@ def _random_model(model_cfg: ModelConfig, seed: int, prepared: Any, out: Path) -
     )
     torch.manual_seed(seed)
     model = ETPModel(model_cfg, text_dim=encoder.dim, method="random")
-    text_spec = dict(encoder.spec)
-    if model_cfg.report_translation != "none":
-        from etp.data.text import load_glossary
+    from etp.data.text import translation_glossary
 
-        text_spec["report_glossary"] = load_glossary(model_cfg.report_translation)
+    text_spec = dict(encoder.spec)
+    glossary = translation_glossary(model_cfg.report_translation)
+    if glossary is not None:
+        text_spec["report_glossary"] = glossary
     save_model_dir(
         out,
         model,
@@ -496,8 +497,8 @@ def evaluate_model(
                 every = prepared.select(split="test")
             else:
                 every = prepared.select(folds=[rotation.test])
-            normalized = bool(model.config.text_normalize)
-            reports = prepared.reports(every, normalized=normalized)
+            # as written: canonical= applies the model's normalisation/translation
+            reports = prepared.reports(every)
             if any(r.strip() for r in reports):
                 every_emb = extract(
                     model, prepared, every, "embedding", bf16=bf16, cache_dir=feat_dir

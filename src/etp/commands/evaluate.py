@@ -208,7 +208,7 @@ def evaluate_model(
             arrays[f"probe_probs:{key}"] = res.test_probabilities
 
     if opts.retrieval:
-        texts = prepared.reports(test_idx, normalized=bool(loaded.config.text_normalize))
+        texts = prepared.reports(test_idx)  # canonical= below normalises/translates
         has = np.array([bool(t.strip()) for t in texts])
         if not has.any():
             raise DataError(f"{where}: no record of the test selection has a report to retrieve")

@@ -164,6 +164,25 @@ def load_glossary(source: str | Path = BUILTIN_GLOSSARY) -> dict[str, str]:
     return dict(_load_glossary_file(path))
 
 
+#: ``model.report_translation`` value that turns translation off
+NO_TRANSLATION = "none"
+
+
+def translation_glossary(setting: str) -> dict[str, str] | None:
+    """The glossary a ``model.report_translation`` setting selects (None for ``"none"``).
+
+    What pretraining stores in the model directory; a bad setting is a ConfigError naming the key.
+    """
+    from etp.errors import ConfigError
+
+    if setting == NO_TRANSLATION:
+        return None
+    try:
+        return load_glossary(setting)
+    except ConfigError as exc:
+        raise ConfigError(f"model.report_translation={setting!r}: {exc}") from None
+
+
 class ReportTranslator:
     """Phrase-table translation of non-English ECG reports into English.
 

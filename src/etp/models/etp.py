@@ -366,10 +366,10 @@ class LoadedModel:
 
     def prepare_texts(self, texts: Sequence[str]) -> list[str]:
         """Texts as the model saw its training reports: normalised and/or translated."""
-        from etp.data.text import ReportTranslator, normalize_report
+        from etp.data.text import NO_TRANSLATION, ReportTranslator, normalize_report
 
         out = list(texts)
-        if self.config.report_translation != "none":
+        if self.config.report_translation != NO_TRANSLATION:
             glossary = (self.text_spec or {}).get("report_glossary")
             if not isinstance(glossary, dict) or not glossary:
                 raise ModelError(

@@ -664,6 +664,7 @@ class _Run:
 
     def _text_embeddings(self) -> None:
         """ETP: embed each distinct training/validation report once with the frozen text model."""
+        from etp.data.text import ReportTranslator, translation_glossary
         from etp.text.cache import embed_texts
         from etp.text.encoder import TextEncoder
         from etp.train.distributed import barrier
@@ -676,10 +677,8 @@ class _Run:
         self.text_spec = dict(encoder.spec)
         used = np.concatenate([self.sel.train, self.sel.val])
         texts = self.prepared.meta[self.text_column].astype(str).to_numpy()[used].tolist()
-        if m.report_translation != "none":
-            from etp.data.text import ReportTranslator, load_glossary
-
-            glossary = load_glossary(m.report_translation)
+        glossary = translation_glossary(m.report_translation)
+        if glossary is not None:
             texts = ReportTranslator(glossary).translate(texts)
             # the glossary travels with the model so that prompts are translated the same way
             self.text_spec["report_glossary"] = glossary
