@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,6 @@ def test_pooled_stats_mean_std_and_ci() -> None:
 
 def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     """The quick-start protocol on the bundled sample, shrunk: tables, JSON and plots appear."""
-    import json
 
     from etp.benchmark import run_benchmark
 
@@ -150,7 +150,34 @@ def test_reuse_key_of_simclr_ignores_the_text_side() -> None:
     a, b = PretrainConfig(), PretrainConfig()
     b.model.report_translation = "builtin"
     b.model.text_model = "/some/other/model"
+    b.train.soft_targets = 0.5
+    b.train.soft_target_temperature = 0.1
     assert _model_key(to_dict(a), "simclr") == _model_key(to_dict(b), "simclr")
     assert _model_key(to_dict(a), "etp") != _model_key(to_dict(b), "etp")
     b.train.lr = 1e-4  # anything else still counts
     assert _model_key(to_dict(a), "simclr") != _model_key(to_dict(b), "simclr")
+
+
+def test_a_marker_written_before_a_setting_existed_counts_it_as_default(tmp_path: Path) -> None:
+    from etp.benchmark import _model_key, _reusable
+    from etp.config import PretrainConfig, to_dict
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    marker = tmp_path / "benchmark-run.json"
+    cfg = PretrainConfig()
+    key = {"pretrain": _model_key(to_dict(cfg), "etp"), "cache": "abc", "choice": "last"}
+    defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), "etp")}
+    old = json.loads(json.dumps(key))
+    del old["pretrain"]["train"]["soft_targets"]  # as written by an etp without that setting
+    marker.write_text(json.dumps({"key": old}))
+    assert _reusable(marker, key, model_dir, defaults)
+    # ... but not when the setting is now used with another value
+    cfg.train.soft_targets = 0.5
+    other = {**key, "pretrain": _model_key(to_dict(cfg), "etp")}
+    assert not _reusable(marker, other, model_dir, defaults)
+    # a changed cache or an unreadable marker is never reused
+    assert not _reusable(marker, {**key, "cache": "xyz"}, model_dir, defaults)
+    marker.write_text("{not json")
+    assert not _reusable(marker, key, model_dir, defaults)

@@ -127,3 +127,50 @@ def test_batch_of_one_is_a_clear_error():
 def test_bad_inputs(ecg, text, scale, match):
     with pytest.raises(TrainingError, match=match):
         ClipLoss()(ecg, text, scale)
+
+
+# -- soft targets (beyond the paper) -------------------------------------------------------------
+
+
+def test_soft_weight_zero_is_the_paper_loss_whatever_the_reference():
+    ecg, text = _pairs()
+    ref = torch.randn(8, 5)
+    torch.testing.assert_close(ClipLoss(0.0)(ecg, text, 10.0, ref), ClipLoss()(ecg, text, 10.0))
+
+
+def test_soft_targets_match_hand_computation():
+    ecg, text = _pairs()
+    ref = torch.randn(8, 5, generator=torch.Generator().manual_seed(3))
+    w, tau, scale = 0.4, 0.2, 10.0
+    r = F.normalize(ref, dim=1)
+    targets = (1 - w) * torch.eye(8) + w * F.softmax(r @ r.T / tau, dim=1)
+    logits = scale * ecg @ text.T
+    expected = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    torch.testing.assert_close(ClipLoss(w, tau)(ecg, text, scale, ref), expected)
+
+
+def test_soft_targets_reward_ecgs_near_the_texts_of_similar_reports():
+    """ECG 0 sits on text 1, whose report resembles report 0: a miss for the paper's loss, a
+    partial hit with soft targets; for a dissimilar pair nothing changes."""
+    ecg, text = _pairs(n=6)
+    ecg = ecg.clone()
+    ecg[0] = text[1]
+    ref = torch.eye(6)
+    ref[1] = F.normalize(ref[0] + 0.1 * ref[1], dim=0)  # report 1 ~ report 0
+    hard = ClipLoss()(ecg, text, 20.0)
+    soft = ClipLoss(0.5, 0.05)(ecg, text, 20.0, ref)
+    assert soft < hard
+    far = torch.eye(6)  # all reports unrelated: soft targets are (almost) the one-hot ones
+    torch.testing.assert_close(ClipLoss(0.5, 0.05)(ecg, text, 20.0, far), hard)
+
+
+def test_soft_target_arguments_are_checked():
+    ecg, text = _pairs()
+    with pytest.raises(TrainingError, match="soft_weight"):
+        ClipLoss(1.5)
+    with pytest.raises(TrainingError, match="soft_temperature"):
+        ClipLoss(0.5, 0.0)
+    with pytest.raises(TrainingError, match="reference embeddings"):
+        ClipLoss(0.5)(ecg, text, 10.0)
+    with pytest.raises(TrainingError, match="reference must be"):
+        ClipLoss(0.5)(ecg, text, 10.0, torch.randn(3, 4))

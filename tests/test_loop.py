@@ -241,6 +241,38 @@ def test_simclr_run(cache: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "s" / "model-best").exists()  # no validation set -> no best model
 
 
+def test_etp_with_soft_targets_and_two_view_ssl(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both additions reach the loss: soft targets get the frozen report embeddings, and two
+    augmented views are matched to the report (twice) and to each other (NT-Xent)."""
+    from etp.losses.clip import ClipLoss
+    from etp.losses.simclr import NTXentLoss
+
+    seen: dict[str, list] = {"clip": [], "ssl": []}
+    clip_fwd, ssl_fwd = ClipLoss.forward, NTXentLoss.forward
+
+    def clip_spy(self, ecg, text, scale, reference=None):  # type: ignore[no-untyped-def]
+        seen["clip"].append((self.soft_weight, None if reference is None else reference.shape))
+        return clip_fwd(self, ecg, text, scale, reference)
+
+    def ssl_spy(self, z1, z2):  # type: ignore[no-untyped-def]
+        seen["ssl"].append(z1.shape)
+        return ssl_fwd(self, z1, z2)
+
+    monkeypatch.setattr(ClipLoss, "forward", clip_spy)
+    monkeypatch.setattr(NTXentLoss, "forward", ssl_spy)
+    model_dir = pretrain(
+        _cfg(cache, tmp_path / "soft", "train.epochs=1", "train.soft_targets=0.5",
+             "train.ssl_weight=0.5", "data.val_folds=null", "data.val_split=")
+    )
+    steps = json.loads((tmp_path / "soft" / "summary.json").read_text())["steps"]
+    assert steps >= 1 and len(seen["ssl"]) == steps and len(seen["clip"]) == 2 * steps
+    assert all(w == 0.5 and ref is not None and ref[0] == 8 for w, ref in seen["clip"])
+    assert all(tuple(shape) == (8, 512) for shape in seen["ssl"])
+    assert (model_dir / "model.safetensors").is_file()
+
+
 class _Crash(Exception):
     pass
 
@@ -313,6 +345,9 @@ def test_huge_learning_rate_is_reported_as_non_finite_loss(cache: Path, tmp_path
             r"model\.report_translation='/nonexistent/glossary\.yaml': report glossary .*cannot read",
         ),
         (["train.augment=[crop,zoom]", "train.method=simclr"], ConfigError, "unknown augmentation 'zoom'"),
+        (["train.soft_targets=1.5"], ConfigError, r"train\.soft_targets must be in \[0, 1\], got 1\.5"),
+        (["train.soft_target_temperature=0"], ConfigError, r"train\.soft_target_temperature must be > 0"),
+        (["train.ssl_weight=-1"], ConfigError, r"train\.ssl_weight must be >= 0, got -1"),
     ],
 )
 def test_bad_input_is_a_clear_error(

@@ -21,7 +21,7 @@ import wfdb
 
 from etp.cli import main
 from etp.data.cache import load_prepared, read_meta
-from etp.data.prepare import PrepareConfig, PrepareSummary, prepare_dataset
+from etp.data.prepare import PrepareConfig, PrepareSummary, prepare_dataset, read_digests
 from etp.data.readers import open_reader
 from etp.data.signal import PreprocessConfig, preprocess
 from etp.errors import ConfigError, DataError
@@ -220,12 +220,26 @@ def test_reuse_and_rebuild(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     base = prepare_dataset(cfg_for(root, out))
     assert not base.reused and base.fingerprint == first.fingerprint
 
-    # a touched signal file rebuilds
+    # a touched signal file (same bytes, new mtime: a copy, a checkout) is re-read once and
+    # the cache reused; the memo then holds the new mtime
     _, stem = rec_path(root, 0)
     dat = stem.with_name(stem.name + ".dat")
     os.utime(dat, ns=(dat.stat().st_atime_ns, dat.stat().st_mtime_ns + 10**9))
     touched = prepare_dataset(cfg_for(root, out))
-    assert not touched.reused and touched.fingerprint != first.fingerprint
+    assert touched.reused and touched.fingerprint == first.fingerprint
+    memo = read_digests(out)
+    assert memo[os.path.relpath(dat, root)][1] == dat.stat().st_mtime_ns
+    # changed bytes of the same size are read again (here they fail the header's checksum),
+    # and the failed rebuild leaves the cache as it was
+    orig = dat.read_bytes()
+    raw = bytearray(orig)
+    raw[100] ^= 0xFF
+    dat.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="checksum"):
+        prepare_dataset(cfg_for(root, out))
+    dat.write_bytes(orig)
+    restored = prepare_dataset(cfg_for(root, out))
+    assert restored.reused and restored.fingerprint == first.fingerprint
 
     # an edited report in the metadata CSV rebuilds, and the new text is in the cache
     db = pd.read_csv(root / DB, dtype=str, keep_default_na=False)

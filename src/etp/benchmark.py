@@ -259,7 +259,8 @@ def obtain_model(
         ).model
         key = {"method": method, "seed": seed, "model": asdict(model_cfg)}
         model_dir = run_dir / "model"
-        if _reusable(marker, key, model_dir):
+        defaults = {**key, "model": asdict(ModelConfig())}
+        if _reusable(marker, key, model_dir, defaults):
             return model_dir
         _random_model(model_cfg, seed, prepared, model_dir)
         atomic_write_json(marker, {"key": key, "model": str(model_dir)})
@@ -274,7 +275,8 @@ def obtain_model(
     from etp.train.loop import BEST_MODEL_DIR
 
     chosen = run_dir / (BEST_MODEL_DIR if cfg.model_choice == "best" else "model")
-    if _reusable(marker, key, chosen):
+    defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), method)}
+    if _reusable(marker, key, chosen, defaults):
         return chosen
     from etp.train.loop import pretrain
 
@@ -298,15 +300,21 @@ _TEXT_ONLY_FIELDS = (
 )
 
 
+#: training settings only the ECG-text loss reads
+_ETP_ONLY_TRAIN_FIELDS = ("soft_targets", "soft_target_temperature", "ssl_weight")
+
+
 def _model_key(pretrain: dict[str, Any], method: str) -> dict[str, Any]:
     """The pretraining settings that decide a model of ``method`` (reuse key).
 
-    A change of the text side (text model, translation, ...) must not retrain SimCLR models.
+    A change of the text side (text model, translation, soft targets, ...) must not retrain
+    SimCLR models.
     """
     if method != "simclr":
         return pretrain
     model = {k: v for k, v in pretrain["model"].items() if k not in _TEXT_ONLY_FIELDS}
-    return {**pretrain, "model": model}
+    train = {k: v for k, v in pretrain["train"].items() if k not in _ETP_ONLY_TRAIN_FIELDS}
+    return {**pretrain, "model": model, "train": train}
 
 
 def _resumable(pcfg: PretrainConfig, run_dir: Path) -> bool:
@@ -336,13 +344,36 @@ def _resumable(pcfg: PretrainConfig, run_dir: Path) -> bool:
     return False
 
 
-def _reusable(marker: Path, key: Mapping[str, Any], model_dir: Path) -> bool:
+def _with_defaults(stored: Any, defaults: Any) -> Any:
+    """``stored`` with the settings it lacks taken from ``defaults`` (nested dicts)."""
+    if not isinstance(stored, dict) or not isinstance(defaults, dict):
+        return stored
+    out = {k: _with_defaults(v, defaults.get(k)) for k, v in stored.items()}
+    for k, v in defaults.items():
+        out.setdefault(k, v)
+    return out
+
+
+def _reusable(
+    marker: Path, key: Mapping[str, Any], model_dir: Path, defaults: Mapping[str, Any]
+) -> bool:
+    """Whether ``marker`` records a model built with ``key``.
+
+    ``defaults`` is the key of the default settings. A setting added to etp after the model was
+    built is absent from its marker and counts as its default: new settings default to the
+    behaviour that existed before them, so models survive upgrades that only add options.
+    """
     if not marker.is_file() or not (model_dir / "config.json").is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("key") == json.loads(json.dumps(key, default=str))
+        stored = json.loads(marker.read_text()).get("key")
     except (OSError, json.JSONDecodeError):
         return False
+    if not isinstance(stored, dict):
+        return False
+    plain = json.loads(json.dumps(defaults, default=str))
+    wanted = json.loads(json.dumps(key, default=str))
+    return _with_defaults(stored, plain) == wanted
 
 
 def _random_model(model_cfg: ModelConfig, seed: int, prepared: Any, out: Path) -> None:

@@ -104,6 +104,19 @@ class TrainConfig:
         "SimCLR augmentations (also applied to ETP when etp_augment is true)",
     )
     etp_augment: bool = _f(False, "apply the augmentations to the ECG side of ETP too")
+    soft_targets: float = _f(
+        0.0,
+        "ETP: weight of soft targets from the frozen text model's report similarities, mixed "
+        "with the one-hot CLIP targets (0 = the paper's loss)",
+    )
+    soft_target_temperature: float = _f(
+        0.05, "ETP: temperature of the report-similarity softmax behind soft_targets"
+    )
+    ssl_weight: float = _f(
+        0.0,
+        "ETP: weight of an added NT-Xent loss between two augmented views of each ECG (both "
+        "views are also matched to the report); 0 = the paper's ECG-text loss alone",
+    )
     simclr_temperature: float = _f(0.07, "NT-Xent temperature (paper: 0.07)")
     progress: bool = _f(True, "show a progress bar")
 

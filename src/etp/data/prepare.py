@@ -8,8 +8,11 @@ temporary sibling directory that is renamed into place only when complete. A kil
 no cache (or the previous one, untouched); leftovers of dead runs are removed by the next run.
 
 The cache's fingerprint hashes the reader options, the preprocessing options and the listing
-(each record's metadata and the size and mtime of its signal files). A second ``prepare`` with
-the same fingerprint reuses the cache; any change rebuilds it.
+(each record's metadata and the size and SHA-256 of its signal files). A second ``prepare`` with
+the same fingerprint reuses the cache; any change rebuilds it. File digests are remembered in the
+cache (``file_digests.json``, keyed by path, size and mtime), so an unchanged dataset is not read
+again, and a copied or touched one (new mtimes, same bytes) is read once and still reuses the
+cache, and so do the models trained on it.
 """
 
 from __future__ import annotations
@@ -208,12 +211,55 @@ def _relpath(path: Path, base: Path) -> str:
         return str(path)
 
 
-def _record_key(rec: RecordInfo, base: Path) -> list[Any]:
-    """Everything about a record that ends up in the cache, plus its files' size and mtime."""
-    stats = []
-    for f in _signal_files(rec.path):
-        st = f.stat()
-        stats.append([_relpath(f, base), st.st_size, st.st_mtime_ns])
+DIGESTS_FILE = "file_digests.json"
+
+#: digest memo: relative path -> [size, mtime_ns, sha256 hex]
+FileDigests = dict[str, list[Any]]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: Path, base: Path, known: FileDigests, seen: FileDigests) -> list[Any]:
+    """``[relative path, size, sha256]`` of one signal file, hashed only when ``known`` (the
+    memo of the previous run) has no entry with the same size and mtime; the entry goes to
+    ``seen`` (the memo to write back)."""
+    rel = _relpath(path, base)
+    st = path.stat()
+    memo = known.get(rel)
+    if memo is not None and memo[:2] == [st.st_size, st.st_mtime_ns]:
+        digest = str(memo[2])
+    else:
+        digest = _sha256(path)
+    seen[rel] = [st.st_size, st.st_mtime_ns, digest]
+    return [rel, st.st_size, digest]
+
+
+def read_digests(out: Path) -> FileDigests:
+    """The digest memo kept in cache ``out`` (empty when absent or unreadable)."""
+    try:
+        data = json.loads((Path(out) / DIGESTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: v
+        for k, v in data.items()
+        if isinstance(v, list) and len(v) == 3 and isinstance(v[2], str)
+    }
+
+
+def _record_key(
+    rec: RecordInfo, base: Path, known: FileDigests, seen: FileDigests
+) -> list[Any]:
+    """Everything about a record that ends up in the cache, plus its files' size and digest."""
+    stats = [file_digest(f, base, known, seen) for f in _signal_files(rec.path)]
     return [
         rec.record_id,
         _relpath(rec.path, base),
@@ -233,9 +279,20 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def compute_fingerprint(
-    cfg: PrepareConfig, reader_options: dict[str, Any], records: list[RecordInfo], n_listed: int
+    cfg: PrepareConfig,
+    reader_options: dict[str, Any],
+    records: list[RecordInfo],
+    n_listed: int,
+    known: FileDigests | None = None,
+    seen: FileDigests | None = None,
 ) -> str:
-    """SHA-256 of reader + preprocessing options and the listing of the selected records."""
+    """SHA-256 of reader + preprocessing options and the listing of the selected records.
+
+    Signal files enter by content; ``known`` is a digest memo (:func:`read_digests`) that spares
+    re-reading unchanged files, and ``seen``, when given, receives the memo of this listing.
+    """
+    known = {} if known is None else known
+    seen = {} if seen is None else seen
     h = hashlib.sha256()
     head = {
         "cache_version": CACHE_VERSION,
@@ -251,7 +308,7 @@ def compute_fingerprint(
     base = _base_dir(Path(cfg.root))
     for rec in records:
         h.update(b"\n")
-        h.update(json.dumps(_record_key(rec, base), default=str).encode())
+        h.update(json.dumps(_record_key(rec, base, known, seen), default=str).encode())
     return h.hexdigest()
 
 
@@ -490,8 +547,10 @@ def prepare_dataset(
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise DataError(f"record id {dup!r} is listed more than once in {root}")
 
-    fingerprint = compute_fingerprint(cfg, options, selected, len(listing))
     existing = _check_out(out)
+    known = read_digests(out) if existing is not None else {}
+    digests: FileDigests = {}
+    fingerprint = compute_fingerprint(cfg, options, selected, len(listing), known, digests)
     summary: PrepareSummary | None = None
     if existing is not None and existing.get("fingerprint") == fingerprint and not cfg.force:
         try:
@@ -504,6 +563,8 @@ def prepare_dataset(
             except (TypeError, KeyError):
                 summary = None
         if summary is not None:
+            if digests != known:  # new mtimes, same bytes: remember, so they are not re-read
+                atomic_write_json(out / DIGESTS_FILE, digests)
             summary.reused = True
             summary.out = str(out)
             summary.seconds = time.perf_counter() - t0
@@ -585,6 +646,7 @@ def prepare_dataset(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "counts": summary.to_dict(),
         }
+        atomic_write_json(tmp / DIGESTS_FILE, digests)
         (tmp / _OWNER_FILE).unlink()
         atomic_write_json(tmp / INFO_FILE, info)  # written last: marks the directory complete
     log.info("prepared %s: %d records in %.1f s", out, len(keep), summary.seconds)

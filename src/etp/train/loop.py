@@ -545,9 +545,17 @@ def validate_config(cfg: PretrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"train.log_every_steps must be >= 1, got {t.log_every_steps}")
     if t.warmup_epochs < 0:
         raise ConfigError(f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}")
+    if not 0.0 <= t.soft_targets <= 1.0:
+        raise ConfigError(f"train.soft_targets must be in [0, 1], got {t.soft_targets}")
+    if t.soft_target_temperature <= 0:
+        raise ConfigError(
+            f"train.soft_target_temperature must be > 0, got {t.soft_target_temperature}"
+        )
+    if t.ssl_weight < 0:
+        raise ConfigError(f"train.ssl_weight must be >= 0, got {t.ssl_weight}")
     if t.simclr_temperature <= 0:
         raise ConfigError(f"train.simclr_temperature must be > 0, got {t.simclr_temperature}")
-    if t.method == "simclr" or t.etp_augment:
+    if t.method == "simclr" or t.etp_augment or t.ssl_weight > 0:
         from etp.data.augment import build_augmentation
 
         try:
@@ -739,16 +747,21 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.scheduler, total, warmup)
         )
+        self.ssl_loss: nn.Module | None = None
         if self.method == "etp":
             from etp.losses.clip import ClipLoss
 
-            self.loss_fn: nn.Module = ClipLoss()
+            self.loss_fn: nn.Module = ClipLoss(t.soft_targets, t.soft_target_temperature)
+            if t.ssl_weight > 0:
+                from etp.losses.simclr import NTXentLoss
+
+                self.ssl_loss = NTXentLoss(temperature=t.simclr_temperature)
         else:
             from etp.losses.simclr import NTXentLoss
 
             self.loss_fn = NTXentLoss(temperature=t.simclr_temperature)
         self.augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
-        if self.method == "simclr" or t.etp_augment:
+        if self.method == "simclr" or t.etp_augment or t.ssl_weight > 0:
             from etp.data.augment import build_augmentation
 
             self.augment = build_augmentation(list(t.augment), fs=self.prepared.fs)
@@ -788,15 +801,17 @@ class _Run:
     def _loss(self, x: Tensor, idx: Tensor, gen: torch.Generator) -> Tensor:
         """Loss of one batch (``x`` on the CPU, ``idx`` cache rows)."""
         if self.method == "etp":
-            if self.augment is not None:
+            if self.augment is not None and self.cfg.train.ssl_weight == 0:
                 x = self.augment(x, gen)
             assert self.text_emb is not None and self.text_row is not None
             text = self.text_emb[self.text_row[idx]]
+            if self.cfg.train.ssl_weight > 0:
+                return self._loss_two_views(x, text, gen)
             x = x.to(self.device, non_blocking=True)
             text = text.to(self.device, non_blocking=True)
             with self._autocast():
                 ecg_z, text_z, scale = self.step_module(x, text)
-            return self.loss_fn(ecg_z.float(), text_z.float(), scale.float())
+            return self.loss_fn(ecg_z.float(), text_z.float(), scale.float(), text)
         assert self.augment is not None
         v1, v2 = self.augment(x, gen), self.augment(x, gen)
         views = torch.cat([v1, v2]).to(self.device, non_blocking=True)
@@ -804,6 +819,20 @@ class _Run:
             (z,) = self.step_module(views)
         z1, z2 = z.float().chunk(2)
         return self.loss_fn(z1, z2)
+
+    def _loss_two_views(self, x: Tensor, text: Tensor, gen: torch.Generator) -> Tensor:
+        """ETP + NT-Xent: both augmented views matched to the report, and to each other."""
+        assert self.augment is not None and self.ssl_loss is not None
+        n = x.shape[0]
+        views = torch.cat([self.augment(x, gen), self.augment(x, gen)])
+        views = views.to(self.device, non_blocking=True)
+        text = text.to(self.device, non_blocking=True)
+        with self._autocast():
+            ecg_z, text_z, scale = self.step_module(views, torch.cat([text, text]))
+        e1, e2 = ecg_z.float().chunk(2)
+        t_z, scale = text_z[:n].float(), scale.float()
+        clip = 0.5 * (self.loss_fn(e1, t_z, scale, text) + self.loss_fn(e2, t_z, scale, text))
+        return clip + self.cfg.train.ssl_weight * self.ssl_loss(e1, e2)
 
     @torch.no_grad()
     def _validate(self) -> float | None:
