@@ -47,7 +47,10 @@ def test_probe_learns_separable_features_and_tests_once() -> None:
     assert sel.weight_decay in (0.0, 1e-3)
     assert 1 <= sel.best_epoch <= 15 and sel.n_train == 400
     assert set(sel.history) == {"wd=0", "wd=0.001"}
-    assert sel.val_auc == pytest.approx(max(max(c) for c in sel.history.values()))
+    # default criterion: validation cross-entropy; history holds minus the loss per epoch
+    assert sel.select_by == "loss"
+    assert -sel.val_loss == pytest.approx(max(max(c) for c in sel.history.values()))
+    assert sel.val_auc == pytest.approx(sel.val_metrics["auc"])
     res = probe.evaluate_test(xte, yte)
     assert res.test_metrics["auc"] > 0.9
     assert res.test_probabilities.shape == (150, 5)
@@ -94,3 +97,17 @@ def test_bad_inputs() -> None:
         probe.select(x[:0], y[:0], x, y)
     with pytest.raises(ValueError, match="class indices"):
         probe.select(x, np.full(20, 9), x, y)
+
+
+def test_selection_by_auc_and_by_loss() -> None:
+    """Both criteria pick (epoch, decay) from their own validation curve; unknown ones fail."""
+    xtr, ytr = _features(300, 0, sep=0.4)
+    xva, yva = _features(120, 1, sep=0.4)
+    by_auc = LinearProbe(CLASSES, ProbeConfig(select_by="auc", **FAST)).select(xtr, ytr, xva, yva)
+    assert by_auc.val_auc == pytest.approx(max(max(c) for c in by_auc.history.values()))
+    by_loss = LinearProbe(CLASSES, ProbeConfig(**FAST)).select(xtr, ytr, xva, yva)
+    # the loss-chosen probe has the lowest validation cross-entropy of all the candidates
+    assert by_loss.val_loss <= by_auc.val_loss + 1e-9
+    assert by_auc.val_auc >= by_loss.val_auc - 1e-9
+    with pytest.raises(ValueError, match="select_by"):
+        ProbeConfig(select_by="f1")

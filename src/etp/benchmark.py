@@ -63,12 +63,15 @@ class ProbeSection:
 
     lr: float = _f(1e-3, "Adam learning rate of the linear classifier")
     batch_size: int = _f(32, "batch size (paper: 32)")
-    max_epochs: int = _f(100, "maximum epochs; early stopping on validation macro AUC")
+    max_epochs: int = _f(100, "maximum epochs; early stopping on the validation criterion")
     patience: int = _f(10, "epochs without validation improvement before stopping")
     weight_decays: list[float] = _f(
         [0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0], "Adam weight-decay grid searched on validation"
     )
     label_fractions: list[float] = _f([0.01, 0.1, 1.0], "fractions of the training labels")
+    select_by: str = _f(
+        "loss", "validation criterion for epoch and weight decay: 'loss' (cross-entropy) or 'auc'"
+    )
 
 
 @dataclass
@@ -153,6 +156,12 @@ def validate(cfg: BenchmarkConfig) -> None:
         raise ConfigError(f"precision: {cfg.precision!r} is not 'bf16' or 'fp32'")
     if not cfg.rotate_folds and cfg.test_fold == cfg.val_fold:
         raise ConfigError("test_fold and val_fold must differ")
+    from etp.eval.linear_probe import SELECT_BY
+
+    if cfg.probe.select_by not in SELECT_BY:
+        raise ConfigError(
+            f"probe.select_by: {cfg.probe.select_by!r} is not one of {', '.join(SELECT_BY)}"
+        )
     for frac in cfg.probe.label_fractions:
         if not 0 < frac <= 1:
             raise ConfigError(f"probe.label_fractions: {frac} is not in (0, 1]")
@@ -485,6 +494,7 @@ def evaluate_model(
                     weight_decays=tuple(cfg.probe.weight_decays),
                     label_fraction=frac,
                     seed=seed,
+                    select_by=cfg.probe.select_by,
                 ),
             )
             probe.select(feats["train"], y["train"], feats["val"], y["val"])

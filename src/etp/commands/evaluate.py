@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -280,7 +281,9 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
         out += [
             "",
             f"Selected on validation: weight decay {sel['weight_decay']:g}, epoch "
-            f"{sel['best_epoch']}, val AUC {100 * sel['val_auc']:.1f}; {sel['n_train']} training "
+            f"{sel['best_epoch']} (by validation {_CRITERION[sel.get('select_by', 'auc')]}), val AUC "
+            f"{100 * sel['val_auc']:.1f}, val cross-entropy {sel.get('val_loss', math.nan):.3f}; "
+            f"{sel['n_train']} training "
             f"records; accuracy {100 * lp['test']['acc']:.1f}.",
             "",
         ]
@@ -391,7 +394,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         type=int,
         default=10,
         metavar="N",
-        help="probe early-stopping patience (epochs without val-AUC gain)",
+        help="probe early-stopping patience (epochs without validation gain)",
+    )
+    p.add_argument(
+        "--probe-select-by",
+        choices=("loss", "auc"),
+        default="loss",
+        help="validation criterion for the probe's epoch and weight decay: cross-entropy "
+        "(default, steadier on small validation sets) or macro AUC",
     )
     p.add_argument(
         "--bootstrap",
@@ -422,6 +432,9 @@ def _fractions(text: str) -> tuple[float, ...]:
     if not values or any(not 0 < v <= 1 for v in values):
         raise ConfigError(f"--label-fractions: each fraction must be in (0, 1], got {text!r}")
     return values
+
+
+_CRITERION = {"loss": "cross-entropy", "auc": "macro AUC"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -458,6 +471,7 @@ def run(args: argparse.Namespace) -> int:
         probe=ProbeConfig(
             max_epochs=args.probe_epochs,
             patience=args.probe_patience,
+            select_by=args.probe_select_by,
             seed=args.seed,
             device=str(loaded.device),
         ),
