@@ -117,6 +117,11 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     md = (out / "results.md").read_text()
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
     assert "ETP (paper)" in md and "83.5" in md
+    assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
+    cmp = results["ptbxl"]["comparisons"]["random"]
+    lp_diff = cmp["linear_probe"]["auc"]
+    assert lp_diff["ci"][0] <= lp_diff["diff"] <= lp_diff["ci"][1]
+    assert set(cmp["zero_shot"]) == {"average.auc", "average.f1"}
     saved = json.loads((out / "results.json").read_text())
     assert saved["meta"]["seeds"] == [0]
     lp = saved["results"]["ptbxl"]["linear_probe"]
@@ -181,3 +186,19 @@ def test_a_marker_written_before_a_setting_existed_counts_it_as_default(tmp_path
     assert not _reusable(marker, {**key, "cache": "xyz"}, model_dir, defaults)
     marker.write_text("{not json")
     assert not _reusable(marker, key, model_dir, defaults)
+
+
+def test_paired_difference_of_identical_and_of_better_predictions() -> None:
+    from etp.benchmark import paired_difference
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    noise = rng.dirichlet(np.ones(3), size=y.size)
+    good = 0.5 * noise + 0.5 * np.eye(3)[y]
+    same = paired_difference(y, [noise], [noise.copy()], "probe", ["a", "b", "c"], ("auc",), 200)
+    assert same["auc"]["diff"] == 0.0 and same["auc"]["ci"] == (0.0, 0.0)
+    better = paired_difference(
+        y, [good, good], [noise], "zero_shot", ["a", "b", "c"], ("average.auc",), 200
+    )
+    d = better["average.auc"]
+    assert d["diff"] > 0.3 and d["ci"][0] > 0.0

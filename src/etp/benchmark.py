@@ -623,6 +623,49 @@ def pooled_stats(
     return {"per_seed": per_seed, "stats": stats}
 
 
+def paired_difference(
+    y: np.ndarray,
+    probs_a: Sequence[np.ndarray],
+    probs_b: Sequence[np.ndarray],
+    kind: str,
+    classes: Sequence[str],
+    keys: Sequence[str],
+    n_boot: int,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Seed-mean metric of method A minus that of method B, with a paired bootstrap 95 % CI.
+
+    Both methods scored the same records, so each resample draws the same records for both
+    (and for every seed): the CI of the difference is far narrower than two separate CIs, whose
+    overlap says little about whether A beats B.
+    """
+    import warnings
+
+    from etp.eval.metrics import bootstrap_ci, classification_metrics, zero_shot_metrics
+
+    base = classification_metrics if kind == "probe" else zero_shot_metrics
+
+    def fn(yy: np.ndarray, pp: np.ndarray) -> Mapping[str, Any]:
+        return base(yy, pp, classes, warn=False)
+
+    na = len(probs_a)
+    mean_a, mean_b = _seed_mean_metric(fn, na), _seed_mean_metric(fn, len(probs_b))
+
+    def diff(yy: np.ndarray, *pp: np.ndarray) -> dict[str, float]:
+        a, b = mean_a(yy, *pp[:na]), mean_b(yy, *pp[na:])
+        return {k: a.get(k, math.nan) - b.get(k, math.nan) for k in keys}
+
+    point = diff(y, *probs_a, *probs_b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ci = (
+            bootstrap_ci(diff, y, *probs_a, *probs_b, n_boot=n_boot, seed=seed)
+            if n_boot > 0
+            else {}
+        )
+    return {k: {"diff": point[k], "ci": ci.get(k)} for k in keys}
+
+
 def unflatten(stats: Mapping[str, Any]) -> dict[str, Any]:
     """``{"a.b": s}`` -> ``{"a": {"b": s}}`` (stat cells for the report tables)."""
     out: dict[str, Any] = {}
@@ -761,6 +804,7 @@ def _pool(
 ) -> dict[str, Any]:
     """Pool the rotations' test outputs per method, then aggregate over seeds."""
     pooled: dict[str, Any] = {"linear_probe": {}, "zero_shot": {}, "retrieval": {}, "selection": {}}
+    headline: dict[str, dict[str, list[np.ndarray]]] = {}  # method -> probe/zs -> per-seed probs
     for method, per_seed in outputs.items():
         seeds = sorted(per_seed)
         runs = [per_seed[s] for s in seeds]
@@ -774,6 +818,8 @@ def _pool(
             pooled["linear_probe"].setdefault(method, {})[str(frac)] = pooled_stats(
                 y, probs, "probe", classes, cfg.bootstrap
             )
+            if frac == max(fracs):
+                headline.setdefault(method, {})["probe"] = probs
         variants = list(runs[0][0].zs_test)
         zs: dict[str, Any] = {}
         for v in variants:
@@ -789,6 +835,7 @@ def _pool(
                 for run in runs
             ]
             zs["val-selected"] = pooled_stats(y, probs, "zero_shot", classes, cfg.bootstrap)
+            headline.setdefault(method, {})["zs"] = probs
             zs["val-selected"]["chosen"] = [
                 r.zs_selected for run in runs for r in run
             ]
@@ -823,7 +870,36 @@ def _pool(
             if variants
             else None,
         }
+    if "etp" in headline and "y" in pooled:
+        pooled["comparisons"] = _compare_with_etp(cfg, headline, pooled["y"], classes)
     return pooled
+
+
+def _compare_with_etp(
+    cfg: BenchmarkConfig,
+    headline: Mapping[str, Mapping[str, list[np.ndarray]]],
+    y: np.ndarray,
+    classes: list[str],
+) -> dict[str, dict[str, Any]]:
+    """ETP minus each baseline: probe (full labels) AUC/F1, zero-shot (val-selected) AUC/F1."""
+    out: dict[str, dict[str, Any]] = {}
+    etp = headline["etp"]
+    for method, probs in headline.items():
+        if method == "etp":
+            continue
+        cmp: dict[str, Any] = {}
+        if "probe" in etp and "probe" in probs:
+            cmp["linear_probe"] = paired_difference(
+                y, etp["probe"], probs["probe"], "probe", classes, ("auc", "f1"), cfg.bootstrap
+            )
+        if "zs" in etp and "zs" in probs:
+            cmp["zero_shot"] = paired_difference(
+                y, etp["zs"], probs["zs"], "zero_shot", classes,
+                ("average.auc", "average.f1"), cfg.bootstrap,
+            )
+        if cmp:
+            out[method] = cmp
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -908,6 +984,7 @@ def render_markdown(
                     ]
                     rows.append([method_label(method)] + [_fmt(c) for c in cells])
                 lines += [f"### Linear probe by label fraction — {ds}", "", _md(header, rows), ""]
+    lines += _comparison_lines(results, datasets)
     for ds, number in ((dataset, 2), *((t, 3) for t in cfg.transfer)):
         zs = results.get(ds, {}).get("zero_shot", {})
         if not zs:
@@ -955,6 +1032,42 @@ def render_markdown(
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _comparison_lines(results: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
+    """The 'ETP against the baselines' table: paired differences with their CIs."""
+    from etp.eval.report import method_label
+
+    rows = []
+    for ds in datasets:
+        for method, cmp in (results.get(ds, {}).get("comparisons") or {}).items():
+            for task, label, keys in (
+                ("linear_probe", "linear probe", ("auc", "f1")),
+                ("zero_shot", "zero-shot (val-selected)", ("average.auc", "average.f1")),
+            ):
+                if task not in cmp:
+                    continue
+                cells = []
+                for k in keys:
+                    d = cmp[task][k]
+                    ci = d.get("ci")
+                    cells.append(
+                        f"{100 * d['diff']:+.1f}"
+                        + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+                    )
+                rows.append([ds, label, f"ETP − {method_label(method)}", *cells])
+    if not rows:
+        return []
+    return [
+        "### ETP against the baselines — paired differences",
+        "",
+        "Seed-mean metric of ETP minus the baseline's, in points, with a paired bootstrap 95 % CI "
+        "(the same resampled records for both methods). A CI above zero means ETP is better on "
+        "these records beyond resampling noise; two separate CIs may overlap even then.",
+        "",
+        _md(["Dataset", "Task", "Comparison", "AUC difference", "F1 difference"], rows),
+        "",
+    ]
 
 
 def _fmt(value: Any) -> str:
