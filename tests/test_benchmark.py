@@ -202,3 +202,18 @@ def test_paired_difference_of_identical_and_of_better_predictions() -> None:
     )
     d = better["average.auc"]
     assert d["diff"] > 0.3 and d["ci"][0] > 0.0
+
+
+def test_label_fraction_sizes_are_reported_and_equal_draws_flagged() -> None:
+    from etp.benchmark import _fraction_sizes, _same_draw_note
+
+    selection = {
+        "etp": {"0.01": [{"n_train": 9}, {"n_train": 9}], "0.1": [{"n_train": 9}],
+                "1.0": [{"n_train": 49}, {"n_train": 52}]},
+        "random": {"0.01": [{"n_train": 9}], "0.1": [{"n_train": 9}], "1.0": [{"n_train": 50}]},
+    }
+    sizes = _fraction_sizes(selection, ["0.01", "0.1", "1.0"])
+    assert sizes == {"0.01": "9", "0.1": "9", "1.0": "49–52"}
+    note = _same_draw_note(sizes, ["0.01", "0.1", "1.0"])
+    assert "1 % and 10 % draw equally many records" in note
+    assert _same_draw_note({"0.01": "8", "0.1": "60", "1.0": "600"}, ["0.01", "0.1", "1.0"]) == ""

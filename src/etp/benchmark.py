@@ -972,6 +972,7 @@ def render_markdown(
         for ds in datasets:
             lp_all = results.get(ds, {}).get("linear_probe", {})
             if len(fracs) > 1 and lp_all:
+                sizes = _fraction_sizes(results.get(ds, {}).get("selection", {}), fracs)
                 header = ["Method"] + [f"{float(f) * 100:g} % AUC" for f in fracs] + [
                     f"{float(f) * 100:g} % F1" for f in fracs
                 ]
@@ -984,6 +985,14 @@ def render_markdown(
                     ]
                     rows.append([method_label(method)] + [_fmt(c) for c in cells])
                 lines += [f"### Linear probe by label fraction — {ds}", "", _md(header, rows), ""]
+                if sizes:
+                    lines += [
+                        "Training records per probe fit: "
+                        + "; ".join(f"{float(f) * 100:g} %: {sizes[f]}" for f in fracs if f in sizes)
+                        + "."
+                        + _same_draw_note(sizes, fracs),
+                        "",
+                    ]
     lines += _comparison_lines(results, datasets)
     for ds, number in ((dataset, 2), *((t, 3) for t in cfg.transfer)):
         zs = results.get(ds, {}).get("zero_shot", {})
@@ -1032,6 +1041,42 @@ def render_markdown(
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _fraction_sizes(
+    selection: Mapping[str, Mapping[str, list[Any]]], fracs: Sequence[str]
+) -> dict[str, str]:
+    """Label fraction -> training records per probe fit ("8" or "8-11" over rotations/seeds)."""
+    out: dict[str, str] = {}
+    for f in fracs:
+        n = sorted(
+            {
+                int(sel["n_train"])
+                for per_frac in selection.values()
+                for sel in per_frac.get(f, [])
+                if isinstance(sel, Mapping) and "n_train" in sel
+            }
+        )
+        if n:
+            out[f] = str(n[0]) if n[0] == n[-1] else f"{n[0]}–{n[-1]}"
+    return out
+
+
+def _same_draw_note(sizes: Mapping[str, str], fracs: Sequence[str]) -> str:
+    """A warning when two fractions train on equally many records (every class keeps >= 1)."""
+    seen: dict[str, str] = {}
+    same = []
+    for f in fracs:
+        if f in sizes and sizes[f] in seen.values():
+            first = next(k for k, v in seen.items() if v == sizes[f])
+            same.append(f"{float(first) * 100:g} % and {float(f) * 100:g} %")
+        seen[f] = sizes.get(f, "")
+    if not same:
+        return ""
+    return (
+        f" {', '.join(same)} draw equally many records here (each class keeps at least one), "
+        "so their rows can coincide on this little data."
+    )
 
 
 def _comparison_lines(results: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
