@@ -332,7 +332,7 @@ def _step_factory(v: Variant, x: torch.Tensor, t: torch.Tensor) -> Any:
     from etp.config import ModelConfig
     from etp.losses.clip import ClipLoss
     from etp.models.etp import ETPModel
-    from etp.train.loop import enable_channels_last
+    from etp.models.channels_last import enable_channels_last
 
     torch.manual_seed(0)
     model = ETPModel(ModelConfig(), text_dim=t.shape[1])

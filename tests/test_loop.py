@@ -396,31 +396,6 @@ def test_cache_batches_read_the_same_rows_as_the_memmap(cache: Path) -> None:
     assert np.array_equal(clone[[1]][0].numpy(), prepared.get_batch([3]))
 
 
-def test_channels_last_fast_path_matches_the_encoder() -> None:
-    import copy
-
-    from etp.errors import DataError as _DataError
-    from etp.models.resnet1d import ResNet1d18
-
-    torch.manual_seed(0)
-    enc = ResNet1d18()
-    ref = copy.deepcopy(enc)
-    assert loop.enable_channels_last(enc)
-    x = torch.randn(3, 12, 200)
-    a, b = ref(x), enc(x)  # enc now runs the 2-D channels-last path
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-    a.sum().backward()
-    b.sum().backward()
-    for p, q in zip(ref.parameters(), enc.parameters()):  # equal up to fp32 summation order
-        assert (p.grad - q.grad).norm() <= 1e-4 * p.grad.norm()
-    for p, q in zip(ref.buffers(), enc.buffers()):  # BatchNorm running statistics
-        assert torch.allclose(p.float(), q.float(), rtol=1e-5, atol=1e-6)
-    assert enc.state_dict().keys() == ref.state_dict().keys()
-    with pytest.raises(_DataError, match=r"expects a batch of shape \(B, 12, L\)"):
-        enc(torch.randn(2, 5, 100))
-    assert not loop.enable_channels_last(torch.nn.Linear(2, 2))
-
-
 def test_fold_rotation_may_train_on_the_caches_test_fold() -> None:
     """With explicit exclude_folds the folds decide: fold 10 trains while fold 1 is held out."""
     sel = select_records(
