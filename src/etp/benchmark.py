@@ -575,6 +575,20 @@ def _seed_mean_metric(
     return metric
 
 
+def _metric_fn(
+    kind: str, classes: Sequence[str]
+) -> Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]:
+    """metric(y, probs) of a task: ``"probe"`` (Table 1) or ``"zero_shot"`` (Tables 2-3)."""
+    from etp.eval.metrics import classification_metrics, zero_shot_metrics
+
+    base = classification_metrics if kind == "probe" else zero_shot_metrics
+
+    def fn(yy: np.ndarray, pp: np.ndarray) -> Mapping[str, Any]:
+        return base(yy, pp, classes, warn=False)
+
+    return fn
+
+
 def pooled_stats(
     y: np.ndarray,
     probs_per_seed: Sequence[np.ndarray],
@@ -589,18 +603,9 @@ def pooled_stats(
     """
     import warnings
 
-    from etp.eval.metrics import (
-        aggregate_seeds,
-        bootstrap_ci,
-        classification_metrics,
-        zero_shot_metrics,
-    )
+    from etp.eval.metrics import aggregate_seeds, bootstrap_ci
 
-    base = classification_metrics if kind == "probe" else zero_shot_metrics
-
-    def fn(yy: np.ndarray, pp: np.ndarray) -> Mapping[str, Any]:
-        return base(yy, pp, classes, warn=False)
-
+    fn = _metric_fn(kind, classes)
     per_seed = [fn(y, p) for p in probs_per_seed]
     agg = aggregate_seeds(per_seed)
     with warnings.catch_warnings():
@@ -641,13 +646,9 @@ def paired_difference(
     """
     import warnings
 
-    from etp.eval.metrics import bootstrap_ci, classification_metrics, zero_shot_metrics
+    from etp.eval.metrics import bootstrap_ci
 
-    base = classification_metrics if kind == "probe" else zero_shot_metrics
-
-    def fn(yy: np.ndarray, pp: np.ndarray) -> Mapping[str, Any]:
-        return base(yy, pp, classes, warn=False)
-
+    fn = _metric_fn(kind, classes)
     na = len(probs_a)
     mean_a, mean_b = _seed_mean_metric(fn, na), _seed_mean_metric(fn, len(probs_b))
 

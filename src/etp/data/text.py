@@ -146,7 +146,8 @@ def _load_glossary_file(path: str) -> tuple[tuple[str, str], ...]:
     bad = [k for k, v in phrases.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise ConfigError(f"report glossary {path}: keys and values must be text; bad key(s) {bad[:5]}")
-    return tuple((normalize_report(k), v) for k, v in phrases.items() if normalize_report(k))
+    normalised = ((normalize_report(k), v) for k, v in phrases.items())
+    return tuple((k, v) for k, v in normalised if k)
 
 
 def load_glossary(source: str | Path = BUILTIN_GLOSSARY) -> dict[str, str]:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from etp.config import DataConfig, PretrainConfig, save_yaml, to_dict
+from etp.config import DataConfig, PretrainConfig, TrainConfig, save_yaml, to_dict
 from etp.errors import ConfigError, DataError, TrainingError
 from etp.io import atomic_write_json, atomic_write_text
 from etp.models.channels_last import enable_channels_last
@@ -403,6 +403,12 @@ def _tensorboard(out_dir: Path) -> Any | None:
 # ----------------------------------------------------------------------------------------------
 
 
+def uses_augmentation(t: TrainConfig) -> bool:
+    """Whether a run with training settings ``t`` augments its ECGs (SimCLR views, ETP's
+    ``etp_augment``, or ETP's two-view ``ssl_weight`` term)."""
+    return t.method == "simclr" or bool(t.etp_augment) or t.ssl_weight > 0
+
+
 def validate_config(cfg: PretrainConfig, world_size: int = 1) -> None:
     """Reject settings the loop cannot run with, naming the key."""
     t = cfg.train
@@ -441,7 +447,7 @@ def validate_config(cfg: PretrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"train.ssl_weight must be >= 0, got {t.ssl_weight}")
     if t.simclr_temperature <= 0:
         raise ConfigError(f"train.simclr_temperature must be > 0, got {t.simclr_temperature}")
-    if t.method == "simclr" or t.etp_augment or t.ssl_weight > 0:
+    if uses_augmentation(t):
         from etp.data.augment import build_augmentation
 
         try:
@@ -647,7 +653,7 @@ class _Run:
 
             self.loss_fn = NTXentLoss(temperature=t.simclr_temperature)
         self.augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
-        if self.method == "simclr" or t.etp_augment or t.ssl_weight > 0:
+        if uses_augmentation(t):
             from etp.data.augment import build_augmentation
 
             self.augment = build_augmentation(list(t.augment), fs=self.prepared.fs)
@@ -709,14 +715,13 @@ class _Run:
     def _loss_two_views(self, x: Tensor, text: Tensor, gen: torch.Generator) -> Tensor:
         """ETP + NT-Xent: both augmented views matched to the report, and to each other."""
         assert self.augment is not None and self.ssl_loss is not None
-        n = x.shape[0]
         views = torch.cat([self.augment(x, gen), self.augment(x, gen)])
         views = views.to(self.device, non_blocking=True)
         text = text.to(self.device, non_blocking=True)
         with self._autocast():
-            ecg_z, text_z, scale = self.step_module(views, torch.cat([text, text]))
+            ecg_z, text_z, scale = self.step_module(views, text)  # 2n ECGs, n reports
         e1, e2 = ecg_z.float().chunk(2)
-        t_z, scale = text_z[:n].float(), scale.float()
+        t_z, scale = text_z.float(), scale.float()
         clip = 0.5 * (self.loss_fn(e1, t_z, scale, text) + self.loss_fn(e2, t_z, scale, text))
         return clip + self.cfg.train.ssl_weight * self.ssl_loss(e1, e2)
 
