@@ -12,8 +12,8 @@ Protocol, with every choice made on the validation split only:
    with the best validation score are kept (:meth:`LinearProbe.select`). The cross-entropy is the
    steadier criterion on small validation folds: a handful of records of a rare class move the
    macro AUC in steps, and picking the best of ~100 epochs x 8 decays by it overfits the fold
-   (in development runs, folds 1-9 only, choosing by cross-entropy raised the test AUC in 5 of 5
-   model sets, by 0.4 to 3.6 points).
+   (in development runs, folds 1-9 only, choosing by cross-entropy raised the test AUC in 8 of 8
+   model sets, by 0.4 to 3.6 points: ``benchmarks/dev_rotations.py``).
 5. Only then is the test split scored — once (:meth:`LinearProbe.evaluate_test` refuses a second
    call). Nothing is tuned on test: no epoch choice, no decision thresholds.
 """

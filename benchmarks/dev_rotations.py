@@ -1,0 +1,135 @@
+"""Development runs: how a pretraining setting changes zero-shot and probe AUC, without fold 10.
+
+The protocol behind every "development run" figure quoted in ``configs/benchmark-ptbxl.yaml``
+and the README: three rotations inside PTB-XL folds 1-9 (test/validation folds 9/8, 8/7, 7/6;
+the other six of folds 1-9 pretrain), so that fold 10 is never read while settings are chosen.
+For each rotation an ETP model is pretrained with the paper's schedule (50 epochs, batch 128)
+plus the given ``key=value`` overrides; its test-fold predictions are pooled over the three
+rotations (single-label records, n = 258 with ids 1-999) and scored:
+
+* zero-shot average one-vs-rest AUC / accuracy / F1 for four prompt variants;
+* linear-probe macro AUC / F1 with the probe's epoch and weight decay chosen on the validation
+  fold by cross-entropy (``lp loss``, the default) and by macro AUC (``lp auc``).
+
+Models are kept under ``--work/NAME`` and reused. One line per run is appended to
+``benchmarks/results/dev_rotations.jsonl`` with the command, date and machine.
+
+    python benchmarks/dev_rotations.py NAME [key=value ...] [--root ../shared/data/ptb-xl]
+    python benchmarks/dev_rotations.py shipped train.etp_augment=true model.report_translation=builtin
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ROTATIONS = ((9, 8), (8, 7), (7, 6))  # (test fold, validation fold); fold 10 never read
+VARIANTS = {
+    "en": {},
+    "en syn": {"synonyms": True},
+    "en+de syn": {"languages": ("en", "de"), "synonyms": True},
+    "en+de syn ens": {"languages": ("en", "de"), "synonyms": True, "ensemble": True},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("name", help="name of this setting (its models go to --work/NAME)")
+    ap.add_argument("overrides", nargs="*", help="pretraining key=value overrides")
+    ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ptb-xl"))
+    ap.add_argument("--work", default=str(REPO / "runs" / "dev-rotations"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dev_rotations.jsonl"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from etp.config import PretrainConfig, load_config
+    from etp.data.cache import load_prepared
+    from etp.data.prepare import PrepareConfig, prepare_dataset
+    from etp.eval.features import extract
+    from etp.eval.linear_probe import SELECT_BY, LinearProbe, ProbeConfig
+    from etp.eval.metrics import classification_metrics, zero_shot_metrics
+    from etp.eval.report import machine_info
+    from etp.eval.zero_shot import PromptOptions, load_prompt_table, zero_shot_classify
+    from etp.models.etp import load_model_dir
+    from etp.train.loop import pretrain
+
+    work = Path(args.work)
+    cache = work / "cache-ptbxl-100hz"
+    prepare_dataset(PrepareConfig(dataset="ptbxl", root=args.root, out=str(cache), only_present=True))
+    prepared = load_prepared(cache)
+    classes = list(prepared.classes)
+    table = load_prompt_table()
+    pooled: dict[str, list[np.ndarray]] = {"y": []}
+    seconds = 0.0
+    for test, val in ROTATIONS:
+        train = [f for f in range(1, 10) if f not in (test, val)]
+        out = work / args.name / f"test{test}"
+        if not (out / "model" / "config.json").is_file():
+            base = [
+                f"data.cache={cache}", f"data.train_folds={train}", f"data.val_folds=[{val}]",
+                f"data.exclude_folds=[{test},10]", "train.epochs=50", "train.batch_size=128",
+                "train.progress=false", f"train.out_dir={out}",
+            ]
+            t0 = time.perf_counter()
+            pretrain(load_config(PretrainConfig, None, base + list(args.overrides)), resume=False)
+            seconds += time.perf_counter() - t0
+        model = load_model_dir(out / "model")
+        idx = {
+            "train": prepared.select(folds=train, single_label=True),
+            "val": prepared.select(folds=[val], single_label=True),
+            "test": prepared.select(folds=[test], single_label=True),
+        }
+        y = {k: prepared.label_index(i) for k, i in idx.items()}
+        pooled["y"].append(y["test"])
+        emb = extract(model, prepared, idx["test"], "embedding", bf16=True)
+        scale = float(model.model.scale().detach())
+        for name, opts in VARIANTS.items():
+            pred = zero_shot_classify(
+                emb, classes, model.embed_texts, scale, "ptbxl", table, PromptOptions(**opts)
+            )
+            pooled.setdefault(f"zs {name}", []).append(pred.probabilities)
+        feats = {k: extract(model, prepared, i, "features", bf16=True) for k, i in idx.items()}
+        for criterion in SELECT_BY:
+            probe = LinearProbe(classes, ProbeConfig(select_by=criterion))
+            probe.select(feats["train"], y["train"], feats["val"], y["val"])
+            result = probe.evaluate_test(feats["test"], y["test"])
+            pooled.setdefault(f"lp {criterion}", []).append(result.test_probabilities)
+
+    y_all = np.concatenate(pooled.pop("y"))
+    record: dict[str, object] = {
+        "name": args.name,
+        "overrides": list(args.overrides),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "pretrain_seconds": round(seconds),
+        "n_test": int(y_all.size),
+    }
+    for key, probs in pooled.items():
+        p = np.concatenate(probs)
+        if key.startswith("zs "):
+            avg = zero_shot_metrics(y_all, p, classes, warn=False)["average"]
+            record[key] = [round(100 * avg[m], 1) for m in ("auc", "acc", "f1")]
+        else:
+            m = classification_metrics(y_all, p, classes, warn=False)
+            record[key] = [round(100 * m["auc"], 1), round(100 * m["f1"], 1)]
+    line = json.dumps(record, default=str)
+    out_file = Path(args.out)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_file, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
