@@ -11,7 +11,9 @@ rotations (single-label records, n = 258 with ids 1-999) and scored:
 * linear-probe macro AUC / F1 with the probe's epoch and weight decay chosen on the validation
   fold by cross-entropy (``lp loss``, the default) and by macro AUC (``lp auc``).
 
-Models are kept under ``--work/NAME`` and reused. One line per run is appended to
+Features and embeddings are averaged over each model's test-time views
+(:mod:`etp.data.views`; ``--views 1`` scores the record as it is, as runs before the views
+did). Models are kept under ``--work/NAME`` and reused. One line per run is appended to
 ``benchmarks/results/dev_rotations.jsonl`` with the command, date and machine.
 
     python benchmarks/dev_rotations.py NAME [key=value ...] [--root ../shared/data/ptb-xl]
@@ -45,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("name", help="name of this setting (its models go to --work/NAME)")
     ap.add_argument("overrides", nargs="*", help="pretraining key=value overrides")
+    ap.add_argument(
+        "--views",
+        default=None,
+        help="test-time views, N or NxF (default: each model's own; 1 = the record as it is)",
+    )
+    ap.add_argument(
+        "--pretrain-on-val",
+        action="store_true",
+        help="pretrain on the validation fold's records too (no pretraining validation loss)",
+    )
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ptb-xl"))
     ap.add_argument("--work", default=str(REPO / "runs" / "dev-rotations"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dev_rotations.jsonl"))
@@ -54,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from etp.config import PretrainConfig, load_config
     from etp.data.cache import load_prepared
     from etp.data.prepare import PrepareConfig, prepare_dataset
-    from etp.eval.features import extract
+    from etp.data.views import Views
+    from etp.eval.features import extract, views_of
     from etp.eval.linear_probe import SELECT_BY, LinearProbe, ProbeConfig
     from etp.eval.metrics import classification_metrics, zero_shot_metrics
     from etp.eval.report import machine_info
@@ -68,14 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     prepared = load_prepared(cache)
     classes = list(prepared.classes)
     table = load_prompt_table()
+    views = None if args.views is None else Views.parse(args.views)
+    used_views: set[str] = set()
     pooled: dict[str, list[np.ndarray]] = {"y": []}
     seconds = 0.0
     for test, val in ROTATIONS:
         train = [f for f in range(1, 10) if f not in (test, val)]
         out = work / args.name / f"test{test}"
         if not (out / "model" / "config.json").is_file():
+            folds = sorted(train + [val]) if args.pretrain_on_val else train
+            held = "data.val_folds=null data.val_split=" if args.pretrain_on_val else f"data.val_folds=[{val}]"
             base = [
-                f"data.cache={cache}", f"data.train_folds={train}", f"data.val_folds=[{val}]",
+                f"data.cache={cache}", f"data.train_folds={folds}", *held.split(),
                 f"data.exclude_folds=[{test},10]", "train.epochs=50", "train.batch_size=128",
                 "train.progress=false", f"train.out_dir={out}",
             ]
@@ -90,14 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         }
         y = {k: prepared.label_index(i) for k, i in idx.items()}
         pooled["y"].append(y["test"])
-        emb = extract(model, prepared, idx["test"], "embedding", bf16=True)
+        used_views.add(str(views_of(model, views)))
+        emb = extract(model, prepared, idx["test"], "embedding", bf16=True, views=views)
         scale = float(model.model.scale().detach())
         for name, opts in VARIANTS.items():
             pred = zero_shot_classify(
                 emb, classes, model.embed_texts, scale, "ptbxl", table, PromptOptions(**opts)
             )
             pooled.setdefault(f"zs {name}", []).append(pred.probabilities)
-        feats = {k: extract(model, prepared, i, "features", bf16=True) for k, i in idx.items()}
+        feats = {
+            k: extract(model, prepared, i, "features", bf16=True, views=views)
+            for k, i in idx.items()
+        }
         for criterion in SELECT_BY:
             probe = LinearProbe(classes, ProbeConfig(select_by=criterion))
             probe.select(feats["train"], y["train"], feats["val"], y["val"])
@@ -108,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, object] = {
         "name": args.name,
         "overrides": list(args.overrides),
+        "pretrain_on_val": bool(args.pretrain_on_val),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "pretrain_seconds": round(seconds),
         "n_test": int(y_all.size),
+        "views": ", ".join(sorted(used_views)),
     }
     for key, probs in pooled.items():
         p = np.concatenate(probs)

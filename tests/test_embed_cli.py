@@ -158,3 +158,27 @@ def test_bad_inputs(model_dir, tmp_path, capsys) -> None:
     assert rc == 2 and "simclr_model" in err and "no text side" in err
     rc, _, err = _run(capsys, "--model", str(simclr), rec, "--out", str(tmp_path / "s.npy"))
     assert rc == 0, err  # an ECG-only model still embeds ECGs
+
+
+def test_views_option(model_dir, cache, tmp_path, capsys) -> None:
+    """--views averages over crops (as the model with those views does); bad values are errors."""
+    from etp.data.views import Views
+    from etp.models.etp import load_model_dir
+
+    files = [str(PTB / "00016_lr"), str(PTB / "00018_lr")]
+    loaded = load_model_dir(model_dir)
+    assert loaded.views == Views()  # trained without crops (no training settings): as it is
+    rows = [int(np.flatnonzero(cache.meta["record_id"] == i)[0]) for i in ("16", "18")]
+    plain = loaded.features(cache.get_batch(rows))
+    loaded.views = Views(3, 0.75)
+    want = loaded.features(cache.get_batch(rows))
+    out = tmp_path / "v.npy"
+    rc, _, err = _run(
+        capsys, "--model", str(model_dir), "--features", "--views", "3x0.75", *files, "--out", str(out)
+    )
+    assert rc == 0, err
+    assert np.allclose(np.load(out), want, atol=1e-4) and not np.allclose(want, plain, atol=1e-3)
+    rc, _, err = _run(
+        capsys, "--model", str(model_dir), "--views", "3x1", files[0], "--out", str(out)
+    )
+    assert rc == 2 and "--views: 3 views" in err and "all be the same" in err

@@ -273,14 +273,35 @@ def test_etp_with_soft_targets_and_two_view_ssl(
     assert (model_dir / "model.safetensors").is_file()
 
 
+def test_ema_run_saves_the_weight_average(cache: Path, tmp_path: Path) -> None:
+    """With train.ema_decay the saved model is the moving average kept in the checkpoint, not the
+    last weights; validation scores the average too."""
+    model_dir = pretrain(_cfg(cache, tmp_path / "ema", "train.ema_decay=0.5", "train.epochs=1"))
+    payload = ckpt.load_checkpoint(tmp_path / "ema" / "checkpoints" / "last.pt")
+    saved = _weights(model_dir)
+    averaged = {k.removeprefix("module."): v for k, v in payload["ema"].items()}
+    assert set(saved) <= set(averaged)
+    differs = False
+    for k, v in saved.items():
+        assert torch.equal(v, averaged[k].to(v.dtype)), k
+        differs |= v.dtype.is_floating_point and not torch.equal(v, payload["model"][k].to(v.dtype))
+    assert differs, "the average equals the last weights"
+    assert (tmp_path / "ema" / "val_log.csv").read_text().count("\n") >= 2
+    with pytest.raises(ConfigError, match="ema_decay"):
+        pretrain(_cfg(cache, tmp_path / "bad", "train.ema_decay=1.0"))
+
+
 class _Crash(Exception):
     pass
 
 
-def test_mid_epoch_resume_is_exact(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ema", [0.0, 0.7], ids=["plain", "ema"])
+def test_mid_epoch_resume_is_exact(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float
+) -> None:
     over = ["data.max_records=12", "train.batch_size=4", "train.precision=fp32", "train.checkpoint_every_steps=2",
             "train.scheduler=cosine", "train.warmup_epochs=0.5", "train.etp_augment=true",
-            "data.val_folds=null", "data.val_split="]
+            "data.val_folds=null", "data.val_split=", f"train.ema_decay={ema}"]
     full = pretrain(_cfg(cache, tmp_path / "full", *over))
 
     original = loop._Run._save_checkpoint

@@ -115,6 +115,11 @@ class BenchmarkConfig:
     transfer: dict[str, TransferTarget] = _f({}, "other datasets evaluated with these models")
     bootstrap: int = _f(1000, "bootstrap resamples for the 95 % confidence intervals")
     precision: str = _f("bf16", "feature extraction precision: bf16 or fp32")
+    views: str = _f(
+        "auto",
+        "test-time views of every ECG: 'auto' (each model's own: 3x0.75 for models trained on "
+        "crops, else 1), '1' (the record as it is), or N / NxF (N crops of fraction F)",
+    )
     plots: bool = _f(True, "write PNG plots")
     embedding_map: str = _f("pca", "2-D map of test ECG embeddings: pca or tsne")
 
@@ -154,6 +159,10 @@ def validate(cfg: BenchmarkConfig) -> None:
         raise ConfigError(f"model_choice: {cfg.model_choice!r} is not 'best' or 'last'")
     if cfg.precision not in ("bf16", "fp32"):
         raise ConfigError(f"precision: {cfg.precision!r} is not 'bf16' or 'fp32'")
+    if cfg.views != "auto":
+        from etp.data.views import Views
+
+        Views.parse(cfg.views)
     if not cfg.rotate_folds and cfg.test_fold == cfg.val_fold:
         raise ConfigError("test_fold and val_fold must differ")
     from etp.eval.linear_probe import SELECT_BY
@@ -431,6 +440,7 @@ class EvalOutput:
     zs_selected: str | None = None
     retrieval: dict[str, Any] | None = None
     test_emb: np.ndarray | None = None
+    views: str = "1"
 
 
 def _split_indices(prepared: Any, rotation: Rotation | None) -> dict[str, np.ndarray]:
@@ -469,13 +479,17 @@ def evaluate_model(
     from etp.models.etp import load_model_dir
 
     model = load_model_dir(model_dir)
+    if cfg.views != "auto":
+        from etp.data.views import Views
+
+        model.views = Views.parse(cfg.views)
     split = _split_indices(prepared, rotation)
     y = {s: prepared.label_index(i) for s, i in split.items()}
     classes = list(prepared.classes)
     bf16 = cfg.precision == "bf16"
     feat_dir = work / "features"
     ids = prepared.meta["record_id"].astype(str).to_numpy()
-    out = EvalOutput(test_ids=ids[split["test"]].tolist(), test_y=y["test"])
+    out = EvalOutput(test_ids=ids[split["test"]].tolist(), test_y=y["test"], views=str(model.views))
 
     if do_probe:
         feats = {
@@ -804,7 +818,9 @@ def _pool(
     cfg: BenchmarkConfig, outputs: Mapping[str, Mapping[int, list[EvalOutput]]], classes: list[str]
 ) -> dict[str, Any]:
     """Pool the rotations' test outputs per method, then aggregate over seeds."""
-    pooled: dict[str, Any] = {"linear_probe": {}, "zero_shot": {}, "retrieval": {}, "selection": {}}
+    pooled: dict[str, Any] = {
+        "linear_probe": {}, "zero_shot": {}, "retrieval": {}, "selection": {}, "views": {}
+    }
     headline: dict[str, dict[str, list[np.ndarray]]] = {}  # method -> probe/zs -> per-seed probs
     for method, per_seed in outputs.items():
         seeds = sorted(per_seed)
@@ -854,6 +870,7 @@ def _pool(
             pooled["retrieval"][method] = {
                 k: dict(zip(("mean", "std"), mean_std(v)), n=len(v)) for k, v in flat.items()
             }
+        pooled["views"][method] = sorted({r.views for run in runs for r in run})
         pooled["selection"][method] = {
             str(frac): [r.probe_selection.get(frac) for run in runs for r in run] for frac in fracs
         }
@@ -938,6 +955,16 @@ def render_markdown(
         "## Records used",
         "",
     ]
+    views = results.get(dataset, {}).get("views") or {}
+    if views:
+        lines.insert(
+            lines.index("## Records used") - 1,
+            "- test-time views: "
+            + "; ".join(f"{method_label(m)} {', '.join(v)}" for m, v in views.items())
+            + " (NxF: each ECG averaged over N evenly spaced crops of a fraction F of the record, "
+            "stretched back to its length as the crop augmentation shows ECGs in training; "
+            "1: the record as it is)",
+        )
     for name, r in results["records_used"].items():
         lines.append(
             f"- **{name}**: {r['records']} records in the cache ({r['single_label']} single-label: "

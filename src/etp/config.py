@@ -117,6 +117,11 @@ class TrainConfig:
         "ETP: weight of an added NT-Xent loss between two augmented views of each ECG (both "
         "views are also matched to the report); 0 = the paper's ECG-text loss alone",
     )
+    ema_decay: float = _f(
+        0.0,
+        "keep an exponential moving average of the weights (this decay per step) and save it as "
+        "the model; 0 = off (the paper: the last weights)",
+    )
     simclr_temperature: float = _f(0.07, "NT-Xent temperature (paper: 0.07)")
     progress: bool = _f(True, "show a progress bar")
 

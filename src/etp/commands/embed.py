@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from etp.commands import add_views_argument, apply_views
 from etp.errors import ConfigError, DataError
 
 EPILOG = (
@@ -58,6 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="zero-pad records shorter than the model's input instead of failing",
     )
     p.add_argument("--bf16", action="store_true", help="bfloat16 inference")
+    add_views_argument(p)
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=run)
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             "embed the texts in a separate call without --features"
         )
     loaded = load_model_dir(args.model, device=args.device)
+    apply_views(loaded, args)
     parts: list[np.ndarray] = []
     if files:
         pcfg = model_preprocess_config(loaded)

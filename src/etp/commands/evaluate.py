@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from etp.commands import add_views_argument, apply_views
 from etp.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -412,6 +413,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 feature extraction")
+    add_views_argument(p)
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--features-cache", metavar="DIR", help="keep extracted features here for reuse")
@@ -461,6 +463,7 @@ def run(args: argparse.Namespace) -> int:
     popts = prompt_options(args)
     prepared = load_prepared(args.cache)
     loaded = load_model_dir(args.model, device=args.device)
+    apply_views(loaded, args)
     chosen = args.zero_shot or args.linear_probe or args.retrieval
     opts = EvalOptions(
         zero_shot=args.zero_shot or (not chosen and loaded.has_text),

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from etp.commands import add_views_argument, apply_views
 from etp.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     out.add_argument("--json", action="store_true", help="print JSON")
     out.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--bf16", action="store_true", help="bfloat16 inference")
+    add_views_argument(p)
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     add_prompt_arguments(p)
@@ -219,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     labels, dataset = resolve_classes(args, table)
     options = prompt_options(args)
     loaded = load_text_model(args.model, device=args.device)
+    apply_views(loaded, args)
     pcfg = model_preprocess_config(loaded)
     x = read_ecg_files(list(args.files), pcfg, fs=args.fs, pad=args.pad)
     emb = embed_arrays(loaded, x, "embedding", batch_size=args.batch_size, bf16=args.bf16)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from etp.data.views import Views, pooled
 from etp.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,28 @@ def inference_module(model: Any, bf16: bool = False) -> torch.nn.Module:
     return copy.deepcopy(module).to(torch.bfloat16).eval()
 
 
+def views_of(model: Any, views: Views | None = None) -> Views:
+    """``views`` if given, else the model's own (a LoadedModel's; the record as it is for a raw
+    module)."""
+    if views is not None:
+        return views
+    own = getattr(model, "views", None)
+    return own if isinstance(own, Views) else Views()
+
+
 def run_batches(
     model: Any,
     batches: Iterable[np.ndarray],
     kind: Kind = "embedding",
     bf16: bool = False,
+    views: Views | None = None,
 ) -> np.ndarray:
     """Apply the model to numpy batches (B, 12, L); concatenated float32 outputs (n, D).
 
-    ``kind="features"``: encoder features; ``"embedding"``: normalised ECG embeddings.
+    ``kind="features"``: encoder features; ``"embedding"``: normalised ECG embeddings; either
+    averaged over ``views`` (default: the model's, :func:`views_of`).
     """
+    views = views_of(model, views)
     module = inference_module(model, bf16)
     fn = module.features if kind == "features" else module.embed_ecg
     device = _device_of(module)
@@ -88,7 +101,8 @@ def run_batches(
         with torch.inference_mode():
             for batch in batches:
                 x = torch.as_tensor(np.ascontiguousarray(batch), dtype=torch.float32)
-                outs.append(fn(x.to(device=device, dtype=dtype)).float().cpu().numpy())
+                out = pooled(fn, x.to(device=device, dtype=dtype), views, kind == "embedding")
+                outs.append(out.float().cpu().numpy())
     finally:
         module.train(was_training)
     if not outs:
@@ -97,20 +111,29 @@ def run_batches(
 
 
 def embed_arrays(
-    model: Any, x: np.ndarray, kind: Kind = "embedding", batch_size: int = 256, bf16: bool = False
+    model: Any,
+    x: np.ndarray,
+    kind: Kind = "embedding",
+    batch_size: int = 256,
+    bf16: bool = False,
+    views: Views | None = None,
 ) -> np.ndarray:
     """:func:`run_batches` over an in-memory array (n, 12, L)."""
     if len(x) == 0:
         raise ValueError("no records to run the model on")
     return run_batches(
-        model, (x[i : i + batch_size] for i in range(0, len(x), batch_size)), kind, bf16
+        model, (x[i : i + batch_size] for i in range(0, len(x), batch_size)), kind, bf16, views
     )
 
 
-def cache_key(model_fp: str, kind: str, data_fp: str, indices: np.ndarray, bf16: bool) -> str:
+def cache_key(
+    model_fp: str, kind: str, data_fp: str, indices: np.ndarray, bf16: bool, views: str = "1"
+) -> str:
     """Hash that names a cached feature file."""
     h = hashlib.sha256()
     h.update(f"{model_fp}|{kind}|{data_fp}|bf16={bf16}|".encode())
+    if views != "1":  # the record as it is keeps the keys of caches written before views
+        h.update(f"views={views}|".encode())
     h.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     return h.hexdigest()[:24]
 
@@ -123,6 +146,7 @@ def extract(
     batch_size: int = 256,
     bf16: bool = False,
     cache_dir: str | Path | None = None,
+    views: Views | None = None,
 ) -> np.ndarray:
     """Features or embeddings (n, D) float32 of ``prepared``'s records ``indices`` (all if None).
 
@@ -134,13 +158,17 @@ def extract(
         batch_size: records per forward pass.
         bf16: bfloat16 autocast (CPU or GPU).
         cache_dir: where to keep ``<kind>-<key>.npy`` (None: no caching).
+        views: test-time views averaged per record (default: the model's, :func:`views_of`).
     """
+    views = views_of(model, views)
     if kind not in ("features", "embedding"):
         raise ValueError(f"kind must be 'features' or 'embedding', got {kind!r}")
     idx = np.arange(len(prepared)) if indices is None else np.asarray(indices, dtype=np.int64)
     path: Path | None = None
     if cache_dir is not None:
-        key = cache_key(model_fingerprint(model), kind, str(prepared.fingerprint), idx, bf16)
+        key = cache_key(
+            model_fingerprint(model), kind, str(prepared.fingerprint), idx, bf16, str(views)
+        )
         path = Path(cache_dir) / f"{kind}-{key}.npy"
         if path.is_file():
             try:
@@ -153,7 +181,7 @@ def extract(
     if idx.size == 0:
         raise ValueError("no records selected")
     batches = (prepared.get_batch(idx[i : i + batch_size]) for i in range(0, idx.size, batch_size))
-    out = run_batches(model, batches, kind=kind, bf16=bf16)
+    out = run_batches(model, batches, kind=kind, bf16=bf16, views=views)
     if path is not None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etp.config import ModelConfig, from_dict, to_dict
+from etp.data.views import pooled
 from etp.errors import ConfigError, DataError, ModelError
 from etp.models.heads import ProjectionHead
 from etp.models.resnet1d import ResNet1d18
@@ -298,6 +299,10 @@ class LoadedModel:
         self.meta = meta
         self._text_encoder: Any = None
         self._translator: Any = None
+        from etp.data.views import model_views
+
+        #: test-time views of every ECG (from the training settings; assign to change)
+        self.views = model_views(extra.get("train"))
 
     @property
     def device(self) -> torch.device:
@@ -323,7 +328,9 @@ class LoadedModel:
         return x
 
     @torch.no_grad()
-    def _run(self, x: Any, fn: Any, batch_size: int, precision: str) -> np.ndarray:
+    def _run(
+        self, x: Any, fn: Any, batch_size: int, precision: str, embedding: bool
+    ) -> np.ndarray:
         x = self._check_ecg(x)
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -336,19 +343,22 @@ class LoadedModel:
                 raise DataError(f"ECG at index {start + int(np.argmin(finite))} has NaN/inf values")
             xb = torch.from_numpy(np.ascontiguousarray(chunk)).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                outs.append(fn(xb).float().cpu().numpy())
+                out = pooled(fn, xb, self.views, normalise=embedding)
+            outs.append(out.float().cpu().numpy())
         if not outs:
-            width = self.model.feature_dim if fn == self.model.features else self.embed_dim
+            width = self.embed_dim if embedding else self.model.feature_dim
             return np.zeros((0, width), np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False)
 
     def features(self, x: Any, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
-        """Encoder features ``(B, leads, L) -> (B, 512)`` float32 (for linear probes)."""
-        return self._run(x, self.model.features, batch_size, precision)
+        """Encoder features ``(B, leads, L) -> (B, 512)`` float32 (for linear probes), averaged
+        over :attr:`views`."""
+        return self._run(x, self.model.features, batch_size, precision, embedding=False)
 
     def embed_ecg(self, x: Any, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
-        """L2-normalised ECG embeddings ``(B, leads, L) -> (B, embed_dim)`` float32."""
-        return self._run(x, self.model.embed_ecg, batch_size, precision)
+        """L2-normalised ECG embeddings ``(B, leads, L) -> (B, embed_dim)`` float32, averaged
+        over :attr:`views`."""
+        return self._run(x, self.model.embed_ecg, batch_size, precision, embedding=True)
 
     def text_encoder(self) -> Any:
         """The frozen text encoder named in the model's text spec (built once, lazily)."""
@@ -409,7 +419,9 @@ class LoadedModel:
         return p / p.sum(axis=1, keepdims=True)
 
     def __repr__(self) -> str:
-        return f"LoadedModel(path={str(self.path)!r}, method={self.method!r})"
+        return (
+            f"LoadedModel(path={str(self.path)!r}, method={self.method!r}, views={str(self.views)!r})"
+        )
 
 
 __all__ = ["ETPModel", "LoadedModel", "save_model_dir", "load_model_dir", "unwrap", "METHODS"]

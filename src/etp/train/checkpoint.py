@@ -117,8 +117,12 @@ def save_checkpoint(
     arch: dict[str, Any],
     generators: dict[str, torch.Generator] | None = None,
     data: dict[str, Any] | None = None,
+    ema: torch.nn.Module | None = None,
 ) -> None:
-    """Write a checkpoint atomically to ``path`` (a crash never leaves a torn file)."""
+    """Write a checkpoint atomically to ``path`` (a crash never leaves a torn file).
+
+    ``ema``: the moving average of the weights, when the run keeps one.
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -130,6 +134,7 @@ def save_checkpoint(
         "config": config,
         "arch": arch,
         "data": data or {},
+        "ema": ema.state_dict() if ema is not None else None,
     }
     with atomic_path(Path(path)) as tmp:
         torch.save(payload, tmp)

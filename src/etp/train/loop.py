@@ -445,6 +445,8 @@ def validate_config(cfg: PretrainConfig, world_size: int = 1) -> None:
         )
     if t.ssl_weight < 0:
         raise ConfigError(f"train.ssl_weight must be >= 0, got {t.ssl_weight}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.simclr_temperature <= 0:
         raise ConfigError(f"train.simclr_temperature must be > 0, got {t.simclr_temperature}")
     if uses_augmentation(t):
@@ -629,6 +631,19 @@ class _Run:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         self.step_module = step_module
+        # the weights' moving average (each process keeps the same copy: DDP keeps the
+        # parameters in sync); it is what validation scores and what is saved as the model
+        self.ema: Any = None
+        self.eval_step: nn.Module = step_module
+        if self.cfg.train.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                self.model,
+                multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema_decay),
+                use_buffers=True,
+            )
+            self.eval_step = ContrastiveStep(self.ema.module, self.method)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay
@@ -690,36 +705,42 @@ class _Run:
             enabled=self.cfg.train.precision == "bf16",
         )
 
-    def _loss(self, x: Tensor, idx: Tensor, gen: torch.Generator) -> Tensor:
-        """Loss of one batch (``x`` on the CPU, ``idx`` cache rows)."""
+    def _loss(
+        self, x: Tensor, idx: Tensor, gen: torch.Generator, step: nn.Module | None = None
+    ) -> Tensor:
+        """Loss of one batch (``x`` on the CPU, ``idx`` cache rows) through ``step`` (default:
+        the trained module)."""
+        step = self.step_module if step is None else step
         if self.method == "etp":
             if self.augment is not None and self.cfg.train.ssl_weight == 0:
                 x = self.augment(x, gen)
             assert self.text_emb is not None and self.text_row is not None
             text = self.text_emb[self.text_row[idx]]
             if self.cfg.train.ssl_weight > 0:
-                return self._loss_two_views(x, text, gen)
+                return self._loss_two_views(x, text, gen, step)
             x = x.to(self.device, non_blocking=True)
             text = text.to(self.device, non_blocking=True)
             with self._autocast():
-                ecg_z, text_z, scale = self.step_module(x, text)
+                ecg_z, text_z, scale = step(x, text)
             return self.loss_fn(ecg_z.float(), text_z.float(), scale.float(), text)
         assert self.augment is not None
         v1, v2 = self.augment(x, gen), self.augment(x, gen)
         views = torch.cat([v1, v2]).to(self.device, non_blocking=True)
         with self._autocast():
-            (z,) = self.step_module(views)
+            (z,) = step(views)
         z1, z2 = z.float().chunk(2)
         return self.loss_fn(z1, z2)
 
-    def _loss_two_views(self, x: Tensor, text: Tensor, gen: torch.Generator) -> Tensor:
+    def _loss_two_views(
+        self, x: Tensor, text: Tensor, gen: torch.Generator, step: nn.Module
+    ) -> Tensor:
         """ETP + NT-Xent: both augmented views matched to the report, and to each other."""
         assert self.augment is not None and self.ssl_loss is not None
         views = torch.cat([self.augment(x, gen), self.augment(x, gen)])
         views = views.to(self.device, non_blocking=True)
         text = text.to(self.device, non_blocking=True)
         with self._autocast():
-            ecg_z, text_z, scale = self.step_module(views, text)  # 2n ECGs, n reports
+            ecg_z, text_z, scale = step(views, text)  # 2n ECGs, n reports
         e1, e2 = ecg_z.float().chunk(2)
         t_z, scale = text_z.float(), scale.float()
         clip = 0.5 * (self.loss_fn(e1, t_z, scale, text) + self.loss_fn(e2, t_z, scale, text))
@@ -731,11 +752,11 @@ class _Run:
             return None
         from etp.train.distributed import is_distributed
 
-        self.step_module.eval()
+        self.eval_step.eval()
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 7919)
         total = torch.zeros(2, dtype=torch.float64)
         for x, idx in self.val_loader:
-            loss = self._loss(x, idx, gen)
+            loss = self._loss(x, idx, gen, self.eval_step)
             total += torch.tensor([float(loss) * x.shape[0], x.shape[0]], dtype=torch.float64)
         self.step_module.train()
         if is_distributed():
@@ -766,6 +787,7 @@ class _Run:
             arch=self._arch(),
             generators={"augment": self.aug_gen},
             data=self._data_info(),
+            ema=self.ema,
         )
         atomic_write_json(
             self.out / CHECKPOINT_DIR / "last.json",
@@ -777,7 +799,7 @@ class _Run:
 
         save_model_dir(
             path,
-            self.model,
+            self.model if self.ema is None else self.ema.module,
             self.cfg.model,
             preprocessing=self.prepared.preprocessing,
             text_spec=self.text_spec,
@@ -808,6 +830,10 @@ class _Run:
                 f"run has {self.dist.world_size} (the data order depends on it)"
             )
         ckpt.load_model_state(path, self.model, payload["model"])
+        if self.ema is not None:
+            if payload.get("ema") is None:
+                raise ConfigError(f"cannot resume from {path}: it holds no weight average")
+            ckpt.load_model_state(path, self.ema, payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scheduler") is not None:
             self.scheduler.load_state_dict(payload["scheduler"])
@@ -924,6 +950,8 @@ class _Run:
                 loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 pos.step += 1
                 pos.batch += 1
                 window_loss += value
