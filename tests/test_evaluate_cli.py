@@ -76,6 +76,7 @@ def test_everything_json_and_files(setup, tmp_path, capsys) -> None:
     assert 1 <= lp["selection"]["best_epoch"] <= 3 and 0 <= lp["test"]["auc"] <= 1
     assert set(res["retrieval"]["ecg_to_report"]) == {"R@1", "R@5", "R@10"}
     assert res["model"]["method"] == "etp" and len(res["model"]["fingerprint"]) == 64
+    assert res["model"]["views"] == "1"  # no training settings: the record as it is
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["results"] == res and saved["meta"]["seeds"] == [0]
     md = (out_dir / "results.md").read_text()
@@ -98,8 +99,11 @@ def test_markdown_tables_and_fractions(setup, capsys) -> None:
         "--linear-probe",
         "--label-fractions",
         "0.1,1",
+        "--views",
+        "2x0.8",
     )
     assert rc == 0, err
+    assert "Test-time views: 2x0.8" in out
     assert "## Linear probe — 10% of the training labels" in out
     assert "## Linear probe — 100% of the training labels" in out
     assert "Zero-shot" not in out and "Retrieval" not in out

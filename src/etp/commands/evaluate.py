@@ -114,6 +114,7 @@ def evaluate_model(
             "path": str(getattr(loaded, "path", "")),
             "method": loaded.method,
             "fingerprint": model_fingerprint(loaded),
+            "views": str(getattr(loaded, "views", "1")),
         },
         "data": {
             "cache": str(prepared.path),
@@ -251,7 +252,8 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
         f"Test records: {data['n_test_records']}, single-label (classified): "
         f"{data['n_test_single_label']} — "
         + ", ".join(f"{c} {n}" for c, n in data["test_counts"].items())
-        + ". Cells: percent, [bootstrap 95 % CI over test records].",
+        + ". Cells: percent, [bootstrap 95 % CI over test records]. Test-time views: "
+        + f"{results['model'].get('views', '1')} (NxF: N crops of F of the record, averaged).",
     ]
     if results.get("preprocessing_mismatch"):
         out += [
