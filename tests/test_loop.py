@@ -273,6 +273,22 @@ def test_etp_with_soft_targets_and_two_view_ssl(
     assert (model_dir / "model.safetensors").is_file()
 
 
+def test_frozen_text_head_keeps_its_initialisation(cache: Path, tmp_path: Path) -> None:
+    """train.freeze_text_head: the text projection is saved exactly as initialised; the ECG side
+    still trains."""
+    from etp.models.etp import ETPModel
+
+    model_dir = pretrain(_cfg(cache, tmp_path / "lit", "train.freeze_text_head=true", "train.epochs=1"))
+    saved = _weights(model_dir)
+    loop.seed_everything(0)
+    init = ETPModel(_cfg(cache, tmp_path / "x").model, text_dim=384, method="etp").state_dict()
+    text = [k for k in saved if k.startswith("text_head.")]
+    ecg = [k for k in saved if k.startswith("ecg_head.")]
+    assert text and ecg
+    assert all(torch.equal(saved[k], init[k].to(saved[k].dtype)) for k in text)
+    assert not all(torch.equal(saved[k], init[k].to(saved[k].dtype)) for k in ecg)
+
+
 def test_ema_run_saves_the_weight_average(cache: Path, tmp_path: Path) -> None:
     """With train.ema_decay the saved model is the moving average kept in the checkpoint, not the
     last weights; validation scores the average too."""

@@ -40,24 +40,28 @@ def test_segments_are_evenly_spaced_inside_the_record() -> None:
         assert segs[0][0] == 0 and segs[-1][0] + segs[-1][1] == 999 and len(segs) == n
 
 
-def test_apply_stretches_each_crop_like_the_training_augmentation() -> None:
+def test_crops_stretch_each_segment_back_to_the_full_length() -> None:
     x = torch.randn(4, 12, 200)
     views = Views(3, 0.75)
-    out = views.apply(x)
-    assert out.shape == (12, 12, 200)
-    for i, (start, seg) in enumerate(views.segments(200)):
+    crops = list(views.crops(x))
+    assert len(crops) == 3 and all(c.shape == x.shape for c in crops)
+    for crop, (start, seg) in zip(crops, views.segments(200)):
+        assert torch.equal(crop[:, :, 0], x[:, :, start])  # end points kept
+        assert torch.allclose(crop[:, :, -1], x[:, :, start + seg - 1], atol=1e-6)
         want = F.interpolate(x[:, :, start : start + seg], 200, mode="linear", align_corners=True)
-        assert torch.allclose(out[4 * i : 4 * (i + 1)], want, atol=1e-3)  # float32 positions
-    assert Views().apply(x) is x
-    # a crop of the whole length through the augmentation is the record itself
+        assert torch.allclose(crop, want, atol=1e-6)
+    assert [c is x for c in Views().crops(x)] == [True]
+    # the augmentation's full-length "crop" is the record itself, as a 100 % view is
     assert torch.equal(crop_resize(x, torch.Generator().manual_seed(0), 1.0, 1.0), x)
+    with pytest.raises(ConfigError, match="cannot be cropped"):
+        list(views.crops(torch.zeros(1, 12, 1)))
 
 
 def test_pooled_averages_views_and_renormalises_embeddings() -> None:
     x = torch.randn(5, 12, 100)
     fn = lambda t: t.mean(-1)  # noqa: E731 - (B, 12) "features"
     views = Views(2, 0.5)
-    parts = views.apply(x).reshape(2, 5, 12, 100).mean(-1)
+    parts = torch.stack([fn(c) for c in views.crops(x)])
     assert torch.allclose(pooled(fn, x, views, normalise=False), parts.mean(0), atol=1e-6)
     emb = pooled(lambda t: F.normalize(fn(t), dim=-1), x, views, normalise=True)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(5), atol=1e-5)
@@ -87,7 +91,7 @@ def test_loaded_model_and_extract_use_the_models_views(tmp_path) -> None:
     assert loaded.views == Views(3, 0.75)
     x = np.random.default_rng(0).normal(size=(6, 12, 1000)).astype(np.float32)
     with torch.no_grad():
-        per_view = net.features(Views(3, 0.75).apply(torch.from_numpy(x))).reshape(3, 6, -1)
+        per_view = torch.stack([net.features(c) for c in Views(3, 0.75).crops(torch.from_numpy(x))])
         single = net.features(torch.from_numpy(x)).numpy()
     assert np.allclose(loaded.features(x), per_view.mean(0).numpy(), atol=1e-4)
     assert np.allclose(run_batches(loaded, [x], "features"), per_view.mean(0).numpy(), atol=1e-4)

@@ -117,6 +117,11 @@ class TrainConfig:
         "ETP: weight of an added NT-Xent loss between two augmented views of each ECG (both "
         "views are also matched to the report); 0 = the paper's ECG-text loss alone",
     )
+    freeze_text_head: bool = _f(
+        False,
+        "ETP: keep the text projection at its random initialisation (the text side fully "
+        "locked, as in LiT) so prompts never seen in training keep the text model's geometry",
+    )
     ema_decay: float = _f(
         0.0,
         "keep an exponential moving average of the weights (this decay per step) and save it as "

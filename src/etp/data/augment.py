@@ -33,7 +33,6 @@ __all__ = [
     "gaussian_noise",
     "lead_mask",
     "sign_flip",
-    "stretch_segments",
 ]
 
 
@@ -79,6 +78,7 @@ def _sample_std(x: torch.Tensor) -> torch.Tensor:
     return var.sqrt()[:, None, None]
 
 
+#: default range of crop_resize's segment, as a fraction of the record
 CROP_MIN_FRAC = 0.5
 CROP_MAX_FRAC = 1.0
 
@@ -99,29 +99,19 @@ def crop_resize(
         raise ConfigError(
             f"crop_resize: need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}"
         )
-    b, _, length = x.shape
+    b, c, length = x.shape
     if length < 2 or b == 0:
         return x.clone()
     frac = min_frac + (max_frac - min_frac) * _rand((b,), generator, x)
     seg = torch.clamp(torch.round(frac * length), 2, length).to(torch.int64)  # (B,)
     start = torch.floor(_rand((b,), generator, x) * (length - seg + 1).to(torch.float32))
     start = torch.minimum(start.to(torch.int64), length - seg)
-    return stretch_segments(x, start, seg)
-
-
-def stretch_segments(x: torch.Tensor, start: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-    """Samples ``start[i]`` to ``start[i] + seg[i] - 1`` of each ``x[i]`` stretched back to L.
-
-    Linear interpolation with the end points kept (``align_corners=True``); a segment of the
-    full length is returned exactly. ``start``/``seg``: int64 (B,) with ``2 <= seg <= L``.
-    """
-    b, c, length = x.shape
     dtype = _work_dtype(x)
     # source position of output sample i: start + i * (seg - 1) / (L - 1)  (align_corners=True);
     # exact integers when seg == L, so a full-length "crop" is the identity
     step = (seg - 1).to(dtype) / (length - 1)
     i = torch.arange(length, dtype=dtype, device=x.device)
-    pos = start.to(device=x.device, dtype=dtype)[:, None] + i[None, :] * step.to(x.device)[:, None]
+    pos = start.to(dtype)[:, None] + i[None, :] * step[:, None]  # (B, L)
     lo = torch.clamp(pos.floor().to(torch.int64), 0, length - 1)
     hi = torch.clamp(lo + 1, max=length - 1)
     w = (pos - lo.to(dtype))[:, None, :]  # (B, 1, L)

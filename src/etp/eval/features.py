@@ -59,13 +59,20 @@ def inference_module(model: Any, bf16: bool = False) -> torch.nn.Module:
     """The model's module in eval mode for inference; with ``bf16`` a bfloat16 *copy*.
 
     The weights are cast once instead of on every call as under ``torch.autocast``; on CPU both
-    run at about the same speed, 2-2.5x fp32 (``benchmarks/inference_speed.py``). The original
-    model stays fp32.
+    run at about the same speed, 2-2.5x fp32, and the copy's encoder also takes the channels-last
+    fast path (:func:`~etp.models.channels_last.enable_channels_last`, about 10 % more ECGs/s;
+    ``benchmarks/inference_speed.py``). The original model stays fp32 and unchanged.
     """
+    from etp.models.channels_last import enable_channels_last
+
     module = torch_module(model)
     if not bf16:
         return module
-    return copy.deepcopy(module).to(torch.bfloat16).eval()
+    out = copy.deepcopy(module)
+    encoder = getattr(out, "encoder", None)
+    if encoder is not None and _device_of(out).type == "cpu":
+        enable_channels_last(encoder)
+    return out.to(torch.bfloat16).eval()
 
 
 def views_of(model: Any, views: Views | None = None) -> Views:

@@ -619,6 +619,10 @@ class _Run:
             for name, p in model.named_parameters():
                 if name.startswith("logit_scale") or name.startswith("text_head"):
                     p.requires_grad_(False)
+        elif self.cfg.train.freeze_text_head:
+            for name, p in model.named_parameters():
+                if name.startswith("text_head"):
+                    p.requires_grad_(False)
         self.model = model.to(self.device)
         if self.device.type == "cpu" and enable_channels_last(self.model.encoder):
             log.info("ECG encoder runs as 2-D channels-last convolutions (CPU fast path)")
