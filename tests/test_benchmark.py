@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_shipped_configs_are_valid() -> None:
     for name in ("benchmark-ptbxl.yaml", "quickstart-benchmark.yaml"):
         cfg = load_benchmark_config(str(REPO / "configs" / name))
-        assert cfg.methods
+        assert cfg.methods and cfg.views == "auto"
+    one = load_benchmark_config(str(REPO / "configs" / "quickstart-benchmark.yaml"), ["views=1"])
+    assert one.views == "1"  # a YAML number is read as the views text
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,8 @@ def test_shipped_configs_are_valid() -> None:
         ("zero_shot=[{nam: a}]", r"unknown config key\(s\): zero_shot\[0\]\.nam"),
         ("test_fold=9", "must differ"),
         ("bogus=1", r"unknown config key\(s\): bogus"),
+        ("views=3x1", "views: 3 views of the whole record"),
+        ("views=many", "views: expected N or NxF"),
     ],
 )
 def test_bad_benchmark_config(override: str, match: str) -> None:
@@ -118,6 +122,9 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
     assert "ETP (paper)" in md and "83.5" in md
     assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
+    # the quick start's ETP trains on crops, so it is scored on its three views; random init not
+    assert results["ptbxl"]["views"] == {"etp": ["3x0.75"], "random": ["1"]}
+    assert "- test-time views: ETP 3x0.75; Random init 1" in md
     cmp = results["ptbxl"]["comparisons"]["random"]
     lp_diff = cmp["linear_probe"]["auc"]
     assert lp_diff["ci"][0] <= lp_diff["diff"] <= lp_diff["ci"][1]

@@ -115,7 +115,7 @@ class BenchmarkConfig:
     transfer: dict[str, TransferTarget] = _f({}, "other datasets evaluated with these models")
     bootstrap: int = _f(1000, "bootstrap resamples for the 95 % confidence intervals")
     precision: str = _f("bf16", "feature extraction precision: bf16 or fp32")
-    views: str = _f(
+    views: str | int = _f(
         "auto",
         "test-time views of every ECG: 'auto' (each model's own: 3x0.75 for models trained on "
         "crops, else 1), '1' (the record as it is), or N / NxF (N crops of fraction F)",
@@ -159,6 +159,7 @@ def validate(cfg: BenchmarkConfig) -> None:
         raise ConfigError(f"model_choice: {cfg.model_choice!r} is not 'best' or 'last'")
     if cfg.precision not in ("bf16", "fp32"):
         raise ConfigError(f"precision: {cfg.precision!r} is not 'bf16' or 'fp32'")
+    cfg.views = str(cfg.views).strip()  # YAML reads `views: 1` as a number
     if cfg.views != "auto":
         from etp.data.views import Views
 
