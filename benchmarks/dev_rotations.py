@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 "train.progress=false", f"train.out_dir={out}",
             ]
             t0 = time.perf_counter()
-            pretrain(load_config(PretrainConfig, None, base + list(args.overrides)), resume=False)
+            # an interrupted run continues from its checkpoint (a finished one has its model)
+            pretrain(load_config(PretrainConfig, None, base + list(args.overrides)), resume=True)
             seconds += time.perf_counter() - t0
         model = load_model_dir(out / "model")
         idx = {

@@ -101,6 +101,20 @@ def test_resume_config_must_match() -> None:
         ckpt.check_resume_config(Path("x.pt"), saved, changed)
 
 
+def test_a_checkpoint_older_than_a_setting_resumes_at_its_default() -> None:
+    """A setting added after the checkpoint was written counts as its default; another value is
+    still a difference, and without defaults any missing key is one."""
+    saved = {"train": {"lr": 0.002}}
+    defaults = {"train": {"lr": 0.002, "ema_decay": 0.0}}
+    ckpt.check_resume_config(Path("x.pt"), saved, {"train": {"lr": 0.002, "ema_decay": 0.0}}, defaults)
+    with pytest.raises(ConfigError, match=r"train\.ema_decay: '<missing>' -> 0\.9"):
+        ckpt.check_resume_config(
+            Path("x.pt"), saved, {"train": {"lr": 0.002, "ema_decay": 0.9}}, defaults
+        )
+    with pytest.raises(ConfigError, match="ema_decay"):
+        ckpt.check_resume_config(Path("x.pt"), saved, {"train": {"lr": 0.002, "ema_decay": 0.0}})
+
+
 def test_wrong_architecture_is_a_clear_error() -> None:
     model, _, _ = _tiny()
     other = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5))

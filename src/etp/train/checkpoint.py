@@ -181,22 +181,35 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(
-    saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = RESUME_MUTABLE_KEYS
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    ignore: frozenset[str] = RESUME_MUTABLE_KEYS,
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
-    """``key: saved -> current`` for every config value that differs (``ignore`` excepted)."""
+    """``key: saved -> current`` for every config value that differs (``ignore`` excepted).
+
+    With ``defaults`` (the default config), a key the saved config lacks counts as its default
+    value: a setting added to etp after the checkpoint was written defaults to the behaviour
+    that existed before it.
+    """
     a, b = _flatten(saved), _flatten(current)
+    d = _flatten(defaults) if defaults else {}
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in ignore:
             continue
-        if a.get(key, "<missing>") != b.get(key, "<missing>"):
+        old = a.get(key, d.get(key, "<missing>"))
+        if old != b.get(key, "<missing>"):
             diffs.append(f"{key}: {a.get(key, '<missing>')!r} -> {b.get(key, '<missing>')!r}")
     return diffs
 
 
-def check_resume_config(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """ConfigError when the resuming run's config differs from the checkpoint's."""
-    diffs = config_differences(saved, current)
+def check_resume_config(
+    path: Path, saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> None:
+    """ConfigError when the resuming run's config differs from the checkpoint's (settings the
+    checkpoint predates count as their ``defaults``)."""
+    diffs = config_differences(saved, current, defaults=defaults)
     if diffs:
         shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 5 else "")
         raise ConfigError(

@@ -819,7 +819,9 @@ class _Run:
 
     def _resume(self, path: Path) -> ckpt.TrainPosition:
         payload = ckpt.load_checkpoint(path)
-        ckpt.check_resume_config(path, payload["config"], to_dict(self.cfg))
+        ckpt.check_resume_config(
+            path, payload["config"], to_dict(self.cfg), defaults=to_dict(PretrainConfig())
+        )
         ckpt.check_arch(path, payload["arch"], self._arch())
         saved_fp = payload.get("data", {}).get("fingerprint")
         if saved_fp and saved_fp != self.prepared.fingerprint:
