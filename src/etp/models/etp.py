@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etp.config import ModelConfig, from_dict, to_dict
-from etp.data.views import pooled
+from etp.data.views import model_views, pooled
 from etp.errors import ConfigError, DataError, ModelError
 from etp.models.heads import ProjectionHead
 from etp.models.resnet1d import ResNet1d18
@@ -299,8 +299,6 @@ class LoadedModel:
         self.meta = meta
         self._text_encoder: Any = None
         self._translator: Any = None
-        from etp.data.views import model_views
-
         #: test-time views of every ECG (from the training settings; assign to change)
         self.views = model_views(extra.get("train"))
 
@@ -420,7 +418,8 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         return (
-            f"LoadedModel(path={str(self.path)!r}, method={self.method!r}, views={str(self.views)!r})"
+            f"LoadedModel(path={str(self.path)!r}, method={self.method!r}, "
+            f"views={str(self.views)!r})"
         )
 
 

@@ -205,7 +205,10 @@ def config_differences(
 
 
 def check_resume_config(
-    path: Path, saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+    path: Path,
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """ConfigError when the resuming run's config differs from the checkpoint's (settings the
     checkpoint predates count as their ``defaults``)."""
