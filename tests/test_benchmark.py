@@ -164,6 +164,7 @@ def test_reuse_key_of_simclr_ignores_the_text_side() -> None:
     b.model.text_model = "/some/other/model"
     b.train.soft_targets = 0.5
     b.train.soft_target_temperature = 0.1
+    b.train.freeze_text_head = True
     assert _model_key(to_dict(a), "simclr") == _model_key(to_dict(b), "simclr")
     assert _model_key(to_dict(a), "etp") != _model_key(to_dict(b), "etp")
     b.train.lr = 1e-4  # anything else still counts

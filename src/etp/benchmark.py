@@ -320,7 +320,7 @@ _TEXT_ONLY_FIELDS = (
 
 
 #: training settings only the ECG-text loss reads
-_ETP_ONLY_TRAIN_FIELDS = ("soft_targets", "soft_target_temperature", "ssl_weight")
+_ETP_ONLY_TRAIN_FIELDS = ("soft_targets", "soft_target_temperature", "ssl_weight", "freeze_text_head")
 
 
 def _model_key(pretrain: dict[str, Any], method: str) -> dict[str, Any]:
