@@ -190,6 +190,14 @@ def test_a_marker_written_before_a_setting_existed_counts_it_as_default(tmp_path
     cfg.train.soft_targets = 0.5
     other = {**key, "pretrain": _model_key(to_dict(cfg), "etp")}
     assert not _reusable(marker, other, model_dir, defaults)
+    # a moved work_dir (another run directory) or another log interval keeps the model
+    moved = json.loads(json.dumps(key))
+    moved["pretrain"]["train"]["out_dir"] = "/elsewhere/run"
+    moved["pretrain"]["train"]["log_every_steps"] = 99
+    moved["pretrain"]["data"]["cache"] = "/elsewhere/cache"
+    assert _reusable(marker, moved, model_dir, defaults)
+    moved["pretrain"]["train"]["lr"] = 1.0  # a setting that changes the model does not
+    assert not _reusable(marker, moved, model_dir, defaults)
     # a changed cache or an unreadable marker is never reused
     assert not _reusable(marker, {**key, "cache": "xyz"}, model_dir, defaults)
     marker.write_text("{not json")

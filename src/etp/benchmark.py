@@ -392,7 +392,24 @@ def _reusable(
         return False
     plain = json.loads(json.dumps(defaults, default=str))
     wanted = json.loads(json.dumps(key, default=str))
-    return _with_defaults(stored, plain) == wanted
+    return _decisive(_with_defaults(stored, plain)) == _decisive(wanted)
+
+
+def _decisive(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` without the pretraining settings that do not change the model (run directory,
+    cache path, logging, progress bar, workers, device: the settings a resume may change too),
+    so that a moved or copied work_dir keeps its models."""
+    from etp.train.checkpoint import RESUME_MUTABLE_KEYS
+
+    pretrain = key.get("pretrain")
+    if not isinstance(pretrain, dict):
+        return key
+    trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in pretrain.items()}
+    for dotted in RESUME_MUTABLE_KEYS:
+        section, _, name = dotted.partition(".")
+        if isinstance(trimmed.get(section), dict):
+            trimmed[section].pop(name, None)
+    return {**key, "pretrain": trimmed}
 
 
 def _random_model(model_cfg: ModelConfig, seed: int, prepared: Any, out: Path) -> None:
