@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ptb-xl"))
     ap.add_argument("--work", default=str(REPO / "runs" / "dev-rotations"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dev_rotations.jsonl"))
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # options may follow the overrides
     logging.basicConfig(level=logging.WARNING)
 
     from etp.config import PretrainConfig, load_config
@@ -90,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         out = work / args.name / f"test{test}"
         if not (out / "model" / "config.json").is_file():
             folds = sorted(train + [val]) if args.pretrain_on_val else train
-            held = "data.val_folds=null data.val_split=" if args.pretrain_on_val else f"data.val_folds=[{val}]"
+            held = (
+                ["data.val_folds=null", "data.val_split="]
+                if args.pretrain_on_val
+                else [f"data.val_folds=[{val}]"]
+            )
             base = [
-                f"data.cache={cache}", f"data.train_folds={folds}", *held.split(),
+                f"data.cache={cache}", f"data.train_folds={folds}", *held,
                 f"data.exclude_folds=[{test},10]", "train.epochs=50", "train.batch_size=128",
                 "train.progress=false", f"train.out_dir={out}",
             ]

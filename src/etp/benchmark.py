@@ -363,16 +363,6 @@ def _resumable(pcfg: PretrainConfig, run_dir: Path) -> bool:
     return False
 
 
-def _with_defaults(stored: Any, defaults: Any) -> Any:
-    """``stored`` with the settings it lacks taken from ``defaults`` (nested dicts)."""
-    if not isinstance(stored, dict) or not isinstance(defaults, dict):
-        return stored
-    out = {k: _with_defaults(v, defaults.get(k)) for k, v in stored.items()}
-    for k, v in defaults.items():
-        out.setdefault(k, v)
-    return out
-
-
 def _reusable(
     marker: Path, key: Mapping[str, Any], model_dir: Path, defaults: Mapping[str, Any]
 ) -> bool:
@@ -390,26 +380,14 @@ def _reusable(
         return False
     if not isinstance(stored, dict):
         return False
+    from etp.train.checkpoint import RESUME_MUTABLE_KEYS, config_differences
+
     plain = json.loads(json.dumps(defaults, default=str))
     wanted = json.loads(json.dumps(key, default=str))
-    return _decisive(_with_defaults(stored, plain)) == _decisive(wanted)
-
-
-def _decisive(key: dict[str, Any]) -> dict[str, Any]:
-    """``key`` without the pretraining settings that do not change the model (run directory,
-    cache path, logging, progress bar, workers, device: the settings a resume may change too),
-    so that a moved or copied work_dir keeps its models."""
-    from etp.train.checkpoint import RESUME_MUTABLE_KEYS
-
-    pretrain = key.get("pretrain")
-    if not isinstance(pretrain, dict):
-        return key
-    trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in pretrain.items()}
-    for dotted in RESUME_MUTABLE_KEYS:
-        section, _, name = dotted.partition(".")
-        if isinstance(trimmed.get(section), dict):
-            trimmed[section].pop(name, None)
-    return {**key, "pretrain": trimmed}
+    # the pretraining settings a resume may change (run directory, cache path, logging, workers,
+    # device) do not change the model either: a moved or copied work_dir keeps its models
+    ignore = frozenset(f"pretrain.{k}" for k in RESUME_MUTABLE_KEYS)
+    return not config_differences(stored, wanted, ignore=ignore, defaults=plain)
 
 
 def _random_model(model_cfg: ModelConfig, seed: int, prepared: Any, out: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from etp.data.augment import CROP_MAX_FRAC, CROP_MIN_FRAC
+from etp.data.augment import CROP_MAX_FRAC, CROP_MIN_FRAC, trains_on_augmented
 from etp.errors import ConfigError
 
 #: the crop fraction a ``crop``-trained model saw on average: the middle of crop_resize's range
@@ -109,9 +109,10 @@ def model_views(train: Mapping[str, Any] | None) -> Views:
     """
     if not train:
         return Views()
-    method = train.get("method", "etp")
-    augments = method == "simclr" or bool(train.get("etp_augment")) or (
-        float(train.get("ssl_weight") or 0) > 0
+    augments = trains_on_augmented(
+        str(train.get("method", "etp")),
+        bool(train.get("etp_augment")),
+        float(train.get("ssl_weight") or 0),
     )
     names = train.get("augment") or ()
     if augments and any(n in _CROP_NAMES for n in names):

@@ -406,7 +406,9 @@ def _tensorboard(out_dir: Path) -> Any | None:
 def uses_augmentation(t: TrainConfig) -> bool:
     """Whether a run with training settings ``t`` augments its ECGs (SimCLR views, ETP's
     ``etp_augment``, or ETP's two-view ``ssl_weight`` term)."""
-    return t.method == "simclr" or bool(t.etp_augment) or t.ssl_weight > 0
+    from etp.data.augment import trains_on_augmented
+
+    return trains_on_augmented(t.method, t.etp_augment, t.ssl_weight)
 
 
 def validate_config(cfg: PretrainConfig, world_size: int = 1) -> None:
