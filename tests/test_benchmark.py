@@ -136,6 +136,8 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     # the two encoders differ, so their probes must too
     assert lp["etp"]["1.0"]["per_seed"] != lp["random"]["1.0"]["per_seed"]
     assert results["ptbxl"]["zero_shot"]["etp"]["val-selected"]["chosen"]
+    assert {"en", "en+de synonyms", "en via reports"} <= set(results["ptbxl"]["zero_shot"]["etp"])
+    assert "en via reports" in results["cpsc2018"]["zero_shot"]["etp"]  # PTB-XL reports as gallery
     assert (out / "roc_zero_shot_etp.png").stat().st_size > 1000
     assert (out / "embedding_map_etp.png").is_file()
     # test-fold records never reached pretraining: fold 10 excluded in the saved run config

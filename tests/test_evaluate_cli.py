@@ -159,3 +159,17 @@ def test_evaluate_model_library_api(setup) -> None:
     assert out.arrays["probe_probs:100%"].shape == (y.size, 5)
     assert np.all(np.isin(y, range(5)))
     assert np.array_equal(prepared.label_index(out.arrays["test_indices"]), y)
+
+
+def test_zero_shot_via_training_reports(setup, capsys) -> None:
+    """--reports train: the cache's training-split reports stand in for the prompts."""
+    model, _, cache = setup
+    base = ["--model", str(model), "--cache", str(cache), "--bootstrap", "0", "--zero-shot", "--json"]
+    rc, out, err = _run(capsys, *base, "--reports", "train")
+    assert rc == 0, err
+    (name, entry), = json.loads(out)["zero_shot"].items()
+    assert name == "en, via reports" and entry["options"]["via_reports"] is True
+    counts = entry["report_counts"]
+    assert set(counts) == {"NORM", "MI", "STTC", "CD", "HYP"} and sum(counts.values()) > 0
+    rc, _, err = _run(capsys, *base, "--reports", "train", "--split", "train")
+    assert rc == 2 and "training split" in err

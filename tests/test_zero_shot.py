@@ -12,11 +12,13 @@ from etp.errors import ConfigError
 from etp.eval.zero_shot import (
     DEFAULT_TEMPLATE,
     PromptOptions,
+    ReportGallery,
     build_prompts,
     class_text_embeddings,
     default_prompt_table_path,
     evaluate_zero_shot,
     load_prompt_table,
+    report_prototypes,
     zero_shot_classify,
     zero_shot_scores,
 )
@@ -170,3 +172,59 @@ def test_zero_shot_with_stub_encoder_recovers_classes() -> None:
     assert np.mean(de.predictions == y) > 0.6
     with pytest.raises(ValueError, match="labels"):
         evaluate_zero_shot(ecg, y[:10], PTBXL, stub_embed, 14.0)
+
+
+def _table_embed(table: dict[str, list[float]]):
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.array([table[t] for t in texts], dtype=np.float64)
+
+    return embed
+
+
+def test_report_prototypes_average_the_reports_nearest_each_class() -> None:
+    prompts = {"X": ["px"], "Y": ["py"], "Z": ["pz"]}
+    frozen = _table_embed(
+        {"px": [1, 0, 0], "py": [0, 1, 0], "pz": [0, 0, 1],
+         "r1": [0.9, 0.1, 0], "r2": [0.8, 0, 0.3], "r3": [0.1, 1, 0]}
+    )
+    # the shared space differs from the frozen one: prototypes must come from it
+    joint = _table_embed(
+        {"px": [0, 0, 0, 1], "py": [0, 0, 1, 1], "pz": [1, 1, 1, 1],
+         "r1": [2, 0, 0, 0], "r2": [0, 1, 0, 0], "r3": [0, 0, 3, 0]}
+    )
+    emb, counts = report_prototypes(prompts, ReportGallery(["r1", "r1", "r2", "r3", " "], frozen), joint)
+    assert counts == {"X": 3, "Y": 1, "Z": 0}  # repeats count, blank reports are dropped
+    assert np.allclose(emb[0], np.array([2, 1, 0, 0]) / np.sqrt(5))  # mean of e0, e0, e1
+    assert np.allclose(emb[1], [0, 0, 1, 0])
+    assert np.allclose(emb[2], [0.5, 0.5, 0.5, 0.5])  # no report: the prompt's own embedding
+    with pytest.raises(ConfigError, match="no non-empty report"):
+        report_prototypes(prompts, ReportGallery(["", "  "], frozen), joint)
+
+
+def test_zero_shot_via_reports_uses_the_gallery() -> None:
+    """Prompts that sit apart from the reports (as short prompts do) mislead plain zero-shot;
+    report prototypes find the classes where the ECGs were trained to be."""
+    rng = np.random.default_rng(1)
+    y = rng.choice(5, size=200)
+    ecg = np.eye(DIM)[y] + rng.normal(scale=0.2, size=(200, DIM))
+    reports = ["normal", "infarction", "st/t", "block", "hypertroph"] * 4
+
+    def joint(texts: list[str]) -> np.ndarray:  # prompts land in the wrong (shifted) directions
+        shift = np.roll(np.eye(DIM), 1, axis=1)
+        return np.array(
+            [stub_embed([t])[0] @ (np.eye(DIM) if t in reports else shift) for t in texts]
+        )
+
+    plain = evaluate_zero_shot(ecg, y, PTBXL, joint, 14.0, "ptbxl")
+    opts = PromptOptions(via_reports=True)
+    gallery = ReportGallery(reports, stub_embed)
+    via = evaluate_zero_shot(ecg, y, PTBXL, joint, 14.0, "ptbxl", options=opts, gallery=gallery)
+    assert plain.metrics["average"]["auc"] < 0.7 < 0.9 < via.metrics["average"]["auc"]
+    # the stub's English CD prompt ("conduction disturbance") has no keyword: its reports ("block")
+    # go to NORM, and CD keeps its prompt embedding
+    assert via.prediction.report_counts == {"NORM": 8, "MI": 4, "STTC": 4, "CD": 0, "HYP": 4}
+    summary = via.to_dict()
+    assert summary["options"]["via_reports"] is True and summary["report_counts"]["MI"] == 4
+    assert opts.describe() == "en, via reports"
+    with pytest.raises(ConfigError, match="report gallery"):
+        zero_shot_classify(ecg, PTBXL, joint, 14.0, "ptbxl", options=opts)

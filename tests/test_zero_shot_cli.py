@@ -209,3 +209,54 @@ def test_bad_model_directories(model_dir: Path, tmp_path: Path, capsys) -> None:
     simclr = _save(tmp_path / "simclr_model", method="simclr")
     rc, _, err = _run(capsys, "--model", str(simclr), "--labels", LABELS, rec)
     assert rc == 2 and "simclr_model" in err and "no text side" in err
+
+
+def test_report_gallery(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """--reports: classes represented by real PTB-XL reports, as the library computes them."""
+    import pandas as pd
+
+    from etp.data.signal import PreprocessConfig, preprocess
+    from etp.data.signal_io import read_signal_file
+    from etp.eval.zero_shot import PromptOptions, ReportGallery, zero_shot_classify
+    from etp.models.etp import load_model_dir
+
+    reports = pd.read_csv(SAMPLE_DIR / "ptb-xl" / "ptbxl_database.csv")["report"].tolist()[:40]
+    txt = tmp_path / "reports.txt"
+    txt.write_text("\n".join(reports) + "\n\n", encoding="utf-8")
+    csv_file = tmp_path / "reports.csv"
+    pd.DataFrame({"id": range(len(reports)), "report": reports}).to_csv(csv_file, index=False)
+    m = ["--model", str(model_dir), "--labels", LABELS, "--json"]
+    rec = str(CPSC / "wfdb" / "A0003")
+    got = []
+    for f in (txt, csv_file):
+        rc, out, err = _run(capsys, *m, "--reports", str(f), rec)
+        assert rc == 0, err
+        got.append(np.array(list(json.loads(out)[0]["probabilities"].values())))
+    assert np.allclose(got[0], got[1])
+
+    loaded = load_model_dir(model_dir)
+    sig, fs = read_signal_file(CPSC / "wfdb" / "A0003")
+    emb = loaded.embed_ecg(preprocess(sig, fs, PreprocessConfig())[None])
+    pred = zero_shot_classify(
+        emb,
+        LABELS.split(","),
+        loaded.embed_texts,
+        float(loaded.model.scale().detach()),
+        options=PromptOptions(via_reports=True),
+        gallery=ReportGallery(reports, loaded.embed_texts_frozen),
+    )
+    assert np.allclose(got[0], pred.probabilities[0], atol=1e-5)
+    plain = _run(capsys, *m, rec)[1]
+    assert not np.allclose(got[0], list(json.loads(plain)[0]["probabilities"].values()))
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    no_col = tmp_path / "nocol.csv"
+    no_col.write_text("id,text\n1,sinus rhythm\n", encoding="utf-8")
+    for bad, msg in (
+        (empty, "holds no report"),
+        (no_col, "no 'report' column"),
+        (tmp_path / "missing.txt", "no such file"),
+    ):
+        rc, _, err = _run(capsys, *m, "--reports", str(bad), rec)
+        assert rc == 2 and bad.name in err and msg in err, err

@@ -55,6 +55,11 @@ class ZeroShotVariant:
     synonyms: bool = _f(False, "use every name of a class, not only the first")
     ensemble: bool = _f(False, "average the table's ensemble templates")
     templates: list[str] | None = _f(None, "English templates overriding the table's")
+    via_reports: bool = _f(
+        False,
+        "class embeddings from the training folds' reports nearest to the prompts "
+        "(report prototypes; no label read) instead of the prompts' own",
+    )
 
 
 @dataclass
@@ -457,6 +462,12 @@ def _split_indices(prepared: Any, rotation: Rotation | None) -> dict[str, np.nda
     return out
 
 
+def _pretrain_reports(prepared: Any, rotation: Rotation | None) -> list[str]:
+    """The reports pretraining saw: every training-fold (or train-split) record with a report."""
+    idx = prepared.select(split="train") if rotation is None else prepared.select(folds=rotation.train)
+    return [r for r in prepared.reports(idx) if r.strip()]
+
+
 def evaluate_model(
     cfg: BenchmarkConfig,
     model_dir: Path,
@@ -467,11 +478,21 @@ def evaluate_model(
     do_probe: bool = True,
     do_zero_shot: bool = True,
     do_retrieval: bool = True,
+    pretrain_reports: Sequence[str] | None = None,
 ) -> EvalOutput:
-    """Linear probe, zero-shot and retrieval of one model on one dataset's split."""
+    """Linear probe, zero-shot and retrieval of one model on one dataset's split.
+
+    ``pretrain_reports`` (the reports the model was pretrained on) are the gallery of zero-shot
+    variants with ``via_reports``; by default the training split's reports of ``prepared``.
+    """
     from etp.eval.features import extract
     from etp.eval.linear_probe import LinearProbe, ProbeConfig
-    from etp.eval.zero_shot import PromptOptions, load_prompt_table, zero_shot_classify
+    from etp.eval.zero_shot import (
+        PromptOptions,
+        ReportGallery,
+        load_prompt_table,
+        zero_shot_classify,
+    )
     from etp.models.etp import load_model_dir
 
     model = load_model_dir(model_dir)
@@ -526,16 +547,32 @@ def evaluate_model(
         scale = float(model.model.scale().detach())
         if do_zero_shot:
             table = load_prompt_table(cfg.prompts)
-            for variant in cfg.zero_shot or [ZeroShotVariant()]:
+            gallery = None
+            variants = cfg.zero_shot or [ZeroShotVariant()]
+            if any(v.via_reports for v in variants):
+                gallery = ReportGallery(
+                    texts=list(
+                        pretrain_reports
+                        if pretrain_reports is not None
+                        else _pretrain_reports(prepared, rotation)
+                    ),
+                    embed_frozen=lambda ts: model.embed_texts_frozen(ts, cache_dir=text_cache),
+                )
+            for variant in variants:
                 opts = PromptOptions(
                     templates=tuple(variant.templates) if variant.templates else None,
                     ensemble=variant.ensemble,
                     synonyms=variant.synonyms,
                     languages=tuple(variant.languages),
+                    via_reports=variant.via_reports,
                 )
                 dataset = prepared.info.get("dataset")
-                val = zero_shot_classify(emb["val"], classes, embed_texts, scale, dataset, table, opts)
-                test = zero_shot_classify(emb["test"], classes, embed_texts, scale, dataset, table, opts)
+                val = zero_shot_classify(
+                    emb["val"], classes, embed_texts, scale, dataset, table, opts, gallery
+                )
+                test = zero_shot_classify(
+                    emb["test"], classes, embed_texts, scale, dataset, table, opts, gallery
+                )
                 out.zs_val_auc[variant.name] = _zs_average_auc(y["val"], val.probabilities, classes)
                 out.zs_test[variant.name] = test.probabilities
             finite = {k: v for k, v in out.zs_val_auc.items() if math.isfinite(v)}
@@ -785,6 +822,9 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
                     target.linear_probe,
                     target.zero_shot,
                     False,
+                    pretrain_reports=_pretrain_reports(
+                        prepared, next(r for r in rots if r.test == t_fold)
+                    ),
                 )
                 t_out.setdefault(method, {}).setdefault(seed, []).append(res)
         results["records_used"][tname] = _records_used(t_prepared, t_summary)

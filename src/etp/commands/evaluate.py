@@ -58,6 +58,7 @@ class EvalOptions:
     bf16: bool = False
     batch_size: int = 256
     features_cache: str | None = None
+    reports: list[str] | None = None  # gallery of prompt variants with via_reports
 
 
 @dataclass
@@ -101,7 +102,12 @@ def evaluate_model(
     from etp.eval.linear_probe import LinearProbe, ProbeConfig
     from etp.eval.metrics import bootstrap_ci, classification_metrics, zero_shot_metrics
     from etp.eval.retrieval import evaluate_retrieval
-    from etp.eval.zero_shot import PromptOptions, evaluate_zero_shot, load_prompt_table
+    from etp.eval.zero_shot import (
+        PromptOptions,
+        ReportGallery,
+        evaluate_zero_shot,
+        load_prompt_table,
+    )
 
     opts = opts or EvalOptions()
     classes = list(prepared.classes)
@@ -150,6 +156,11 @@ def evaluate_model(
         arrays["test_embedding"] = emb
         scale = float(loaded.model.scale().detach())
         variants = opts.prompt_variants or {"en": PromptOptions()}
+        gallery = (
+            ReportGallery(opts.reports, loaded.embed_texts_frozen)
+            if opts.reports is not None
+            else None
+        )
         results["zero_shot"] = {}
         for name, popts in variants.items():
             res = evaluate_zero_shot(
@@ -161,6 +172,7 @@ def evaluate_model(
                 dataset=dataset,
                 table=table,
                 options=popts,
+                gallery=gallery,
             )
             entry = res.to_dict()
             if opts.bootstrap > 0:
@@ -422,7 +434,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", metavar="DIR", help="write results.json and results.md here")
     p.add_argument("--plots", action="store_true", help="with --out: also write PNG plots")
-    add_prompt_arguments(p)
+    add_prompt_arguments(p, reports_from_train=True)
     p.set_defaults(func=run)
 
 
@@ -439,6 +451,22 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 _CRITERION = {"loss": "cross-entropy", "auc": "macro AUC"}
+
+
+def _gallery(args: argparse.Namespace, prepared: Any) -> list[str] | None:
+    """The ``--reports`` gallery: a file, or ``train`` = the training split's reports."""
+    from etp.commands.zero_shot import read_reports
+
+    if args.reports is None:
+        return None
+    if args.reports != "train":
+        return read_reports(args.reports)
+    if args.split == args.train_split:
+        raise ConfigError(f"--reports train: the evaluated split is the training split {args.split!r}")
+    reports = [r for r in prepared.reports(prepared.select(split=args.train_split)) if r.strip()]
+    if not reports:
+        raise DataError(f"{args.cache}: --reports train: the {args.train_split!r} split has no report")
+    return reports
 
 
 def run(args: argparse.Namespace) -> int:
@@ -486,6 +514,7 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         batch_size=args.batch_size,
         features_cache=args.features_cache,
+        reports=_gallery(args, prepared),
     )
     test_idx = prepared.select(split=args.split)
     if test_idx.size == 0:

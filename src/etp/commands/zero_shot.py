@@ -15,12 +15,13 @@ import io
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from etp.commands import add_views_argument, apply_views
-from etp.errors import ConfigError, ModelError
+from etp.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ EPILOG = (
 )
 
 
-def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+def add_prompt_arguments(p: argparse.ArgumentParser, reports_from_train: bool = False) -> None:
     """Prompt options shared by ``etp zero-shot`` and ``etp evaluate``."""
     g = p.add_argument_group("prompts")
     g.add_argument(
@@ -62,6 +63,14 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated languages of class names from the table (en,de,sv); default en",
     )
     g.add_argument("--prompts", metavar="FILE", help="prompt table YAML (default: the shipped one)")
+    g.add_argument(
+        "--reports",
+        metavar="FILE",
+        help="report prototypes: represent each class by the reports of FILE nearest to its "
+        "prompts (e.g. the pretraining reports; one report per line, or a CSV/TSV with a "
+        "'report' column) instead of by the prompts themselves"
+        + ("; 'train' = the cache's training-split reports" if reports_from_train else ""),
+    )
 
 
 def prompt_options(args: argparse.Namespace) -> Any:
@@ -79,7 +88,39 @@ def prompt_options(args: argparse.Namespace) -> Any:
         ensemble=bool(args.ensemble),
         synonyms=bool(args.synonyms),
         languages=langs,
+        via_reports=getattr(args, "reports", None) is not None,
     )
+
+
+def read_reports(path: str | Path) -> list[str]:
+    """Reports of a gallery file: one per line (``.txt``), or the ``report`` column of a CSV/TSV.
+
+    Blank lines and empty reports are skipped; a file without any report is an error.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--reports {p}: no such file")
+    if p.suffix.lower() in (".csv", ".tsv"):
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",", dtype=str)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"--reports {p}: not a readable CSV/TSV file ({e})") from e
+        if "report" not in df.columns:
+            raise DataError(
+                f"--reports {p}: no 'report' column (columns: {', '.join(map(str, df.columns))})"
+            )
+        reports = [str(r) for r in df["report"].dropna()]
+    else:
+        try:
+            reports = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"--reports {p}: not UTF-8 text ({e})") from e
+    reports = [r.strip() for r in reports if r.strip()]
+    if not reports:
+        raise DataError(f"--reports {p}: the file holds no report")
+    return reports
 
 
 def parse_labels(text: str | None) -> list[str]:
@@ -211,7 +252,7 @@ def format_output(
 def run(args: argparse.Namespace) -> int:
     """Run ``etp zero-shot``."""
     from etp.eval.features import embed_arrays, model_preprocess_config, read_ecg_files
-    from etp.eval.zero_shot import load_prompt_table, zero_shot_classify
+    from etp.eval.zero_shot import ReportGallery, load_prompt_table, zero_shot_classify
 
     if args.fs is not None and not args.fs > 0:
         raise ConfigError(f"--fs must be a positive sampling rate in Hz, got {args.fs}")
@@ -220,13 +261,17 @@ def run(args: argparse.Namespace) -> int:
     table = load_prompt_table(args.prompts)
     labels, dataset = resolve_classes(args, table)
     options = prompt_options(args)
+    reports = read_reports(args.reports) if args.reports is not None else None
     loaded = load_text_model(args.model, device=args.device)
     apply_views(loaded, args)
     pcfg = model_preprocess_config(loaded)
     x = read_ecg_files(list(args.files), pcfg, fs=args.fs, pad=args.pad)
     emb = embed_arrays(loaded, x, "embedding", batch_size=args.batch_size, bf16=args.bf16)
     scale = float(loaded.model.scale().detach())
-    pred = zero_shot_classify(emb, labels, loaded.embed_texts, scale, dataset, table, options)
+    gallery = ReportGallery(reports, loaded.embed_texts_frozen) if reports is not None else None
+    pred = zero_shot_classify(
+        emb, labels, loaded.embed_texts, scale, dataset, table, options, gallery
+    )
     kind = "json" if args.json else "csv" if args.csv else "table"
     print(
         format_output(

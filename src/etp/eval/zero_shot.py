@@ -10,7 +10,12 @@ Beyond the paper, each selectable through :class:`PromptOptions`:
 * a *prompt ensemble*: several templates per class, text embeddings L2-normalised, averaged and
   re-normalised (as in CLIP);
 * *synonyms*: every name the prompt table lists for a class, not only the first;
-* *languages*: names in the reports' own languages (PTB-XL: German, English, Swedish).
+* *languages*: names in the reports' own languages (PTB-XL: German, English, Swedish);
+* *report prototypes* (``via_reports``): each class is represented by the pretraining reports
+  that the frozen text model places nearest to the class's prompts (no ECG label is read); the
+  class embedding is the mean of those reports' embeddings in the shared space, where the ECG
+  encoder was trained to put the ECGs of such reports. Short prompts lie apart from the reports
+  the projection heads were fitted on; the reports themselves do not.
 
 Class names and phrasings live in a user-editable YAML table (``etp/resources/prompts.yaml`` by
 default, any path with ``load_prompt_table(path)``). The functions here take ECG embeddings as
@@ -174,12 +179,15 @@ class PromptOptions:
         ensemble: use the table's ``ensemble_templates`` (for every selected language) instead.
         synonyms: use every name of a class, not only the first.
         languages: languages whose names are used (``("en",)`` is the paper's setting).
+        via_reports: class embeddings from a gallery of (pretraining) reports assigned to the
+            classes by their prompts (:func:`report_prototypes`) instead of the prompts' own.
     """
 
     templates: tuple[str, ...] | None = None
     ensemble: bool = False
     synonyms: bool = False
     languages: tuple[str, ...] = ("en",)
+    via_reports: bool = False
 
     def describe(self) -> str:
         """Short label for tables, e.g. ``en`` or ``en+de, synonyms, ensemble``."""
@@ -190,6 +198,8 @@ class PromptOptions:
             parts.append("ensemble")
         if self.templates:
             parts.append(f"{len(self.templates)} template(s)")
+        if self.via_reports:
+            parts.append("via reports")
         return ", ".join(parts)
 
 
@@ -273,6 +283,55 @@ def class_text_embeddings(
     return _normalize(np.stack([emb[[row[t] for t in ps]].mean(axis=0) for ps in prompts.values()]))
 
 
+@dataclass(frozen=True)
+class ReportGallery:
+    """Reports that stand in for the class prompts (``PromptOptions.via_reports``).
+
+    Attributes:
+        texts: the reports, repeats counted (e.g. every pretraining record's report), as written.
+        embed_frozen: texts -> (n, d) embeddings of the *frozen* text model (before the
+            projection head), with the model's own text preprocessing; they assign reports to
+            classes.
+    """
+
+    texts: Sequence[str]
+    embed_frozen: TextEmbedFn
+
+
+def report_prototypes(
+    prompts: Mapping[str, Sequence[str]],
+    gallery: ReportGallery,
+    embed_texts: TextEmbedFn,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """(C, D) class embeddings from a report gallery, and how many reports each class got.
+
+    Every report goes to the class whose prompts the frozen text model finds most similar to it
+    (the text-only zero-shot classifier, no labels); a class embedding is the renormalised mean of
+    its reports' shared-space embeddings (``embed_texts``). A class that gets no report keeps its
+    prompts' embedding.
+    """
+    texts = [t for t in gallery.texts if str(t).strip()]
+    if not texts:
+        raise ConfigError("via_reports: the report gallery holds no non-empty report")
+    class_frozen = class_text_embeddings(prompts, gallery.embed_frozen)
+    frozen = _normalize(np.asarray(gallery.embed_frozen(texts)))
+    joint = _normalize(np.asarray(embed_texts(texts)))
+    if frozen.shape[0] != len(texts) or joint.shape[0] != len(texts):
+        raise ValueError(
+            f"text embedding functions returned {frozen.shape[0]} / {joint.shape[0]} rows "
+            f"for {len(texts)} reports"
+        )
+    assigned = (frozen @ class_frozen.T).argmax(axis=1)
+    fallback = class_text_embeddings(prompts, embed_texts)
+    out = np.empty_like(fallback)
+    counts: dict[str, int] = {}
+    for c, cls in enumerate(prompts):
+        members = joint[assigned == c]
+        counts[cls] = int(members.shape[0])
+        out[c] = members.mean(axis=0) if members.shape[0] else fallback[c]
+    return _normalize(out), counts
+
+
 def zero_shot_scores(
     ecg_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -296,6 +355,7 @@ class ZeroShotPrediction:
     predictions: np.ndarray  # (n,) class index = argmax similarity
     logit_scale: float
     options: PromptOptions = PromptOptions()
+    report_counts: dict[str, int] | None = None  # reports per class with ``via_reports``
 
 
 def zero_shot_classify(
@@ -306,10 +366,23 @@ def zero_shot_classify(
     dataset: str | None = None,
     table: PromptTable | None = None,
     options: PromptOptions = PromptOptions(),
+    gallery: ReportGallery | None = None,
 ) -> ZeroShotPrediction:
-    """Classify ECG embeddings (n, D) among ``classes`` by prompt similarity."""
+    """Classify ECG embeddings (n, D) among ``classes`` by prompt similarity.
+
+    With ``options.via_reports`` the classes are represented by ``gallery``'s reports
+    (:func:`report_prototypes`); the gallery is required then.
+    """
     prompts = build_prompts(classes, dataset, table, options)
-    class_emb = class_text_embeddings(prompts, embed_texts)
+    counts = None
+    if options.via_reports:
+        if gallery is None:
+            raise ConfigError(
+                "via_reports needs a report gallery (e.g. the reports of the pretraining records)"
+            )
+        class_emb, counts = report_prototypes(prompts, gallery, embed_texts)
+    else:
+        class_emb = class_text_embeddings(prompts, embed_texts)
     sims, probs = zero_shot_scores(ecg_emb, class_emb, logit_scale)
     return ZeroShotPrediction(
         classes=list(classes),
@@ -319,6 +392,7 @@ def zero_shot_classify(
         predictions=sims.argmax(axis=1),
         logit_scale=float(logit_scale),
         options=options,
+        report_counts=counts,
     )
 
 
@@ -341,8 +415,10 @@ class ZeroShotResult:
                 "ensemble": opts.ensemble,
                 "synonyms": opts.synonyms,
                 "languages": list(opts.languages),
+                "via_reports": opts.via_reports,
             },
             "logit_scale": self.prediction.logit_scale,
+            "report_counts": self.prediction.report_counts,
         }
 
 
@@ -355,12 +431,15 @@ def evaluate_zero_shot(
     dataset: str | None = None,
     table: PromptTable | None = None,
     options: PromptOptions = PromptOptions(),
+    gallery: ReportGallery | None = None,
 ) -> ZeroShotResult:
     """Zero-shot classification of labelled ECGs with the paper's Table 2/3 metrics."""
     y = np.asarray(y_true).astype(np.int64)
     if y.shape[0] != np.asarray(ecg_emb).shape[0]:
         raise ValueError(f"{y.shape[0]} labels for {np.asarray(ecg_emb).shape[0]} ECG embeddings")
-    pred = zero_shot_classify(ecg_emb, classes, embed_texts, logit_scale, dataset, table, options)
+    pred = zero_shot_classify(
+        ecg_emb, classes, embed_texts, logit_scale, dataset, table, options, gallery
+    )
     # the prediction is the argmax of the similarities, which the softmax does not change
     metrics = zero_shot_metrics(y, pred.probabilities, list(classes))
     return ZeroShotResult(prediction=pred, y_true=y, metrics=metrics)

@@ -405,6 +405,21 @@ class LoadedModel:
         emb = self.model.embed_text(t).float().cpu().numpy()
         return emb[index]
 
+    @torch.no_grad()
+    def embed_texts_frozen(
+        self, texts: Sequence[str], cache_dir: str | Path | None = None
+    ) -> np.ndarray:
+        """L2-normalised embeddings ``(n, text_dim)`` of the frozen text model alone (no head),
+        after the model's own text preprocessing: the space in which reports are matched to
+        class prompts for report prototypes (:func:`etp.eval.zero_shot.report_prototypes`)."""
+        from etp.text.cache import embed_texts
+        from etp.text.encoder import check_texts
+
+        texts = self.prepare_texts(check_texts(texts))
+        unique, index = embed_texts(texts, self.text_encoder(), cache_dir)
+        emb = np.asarray(unique, dtype=np.float32)[index]
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
     def similarity(self, x: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Cosine similarity of each ECG with each text: ``(B, n_texts)``."""
         return self.embed_ecg(x, batch_size) @ self.embed_texts(texts).T
