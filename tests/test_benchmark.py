@@ -157,6 +157,26 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 3
 
 
+def test_transfer_from_a_fold_that_is_no_rotation_fails_before_training(
+    tmp_path: Path, sample_dir: Path
+) -> None:
+    from etp.benchmark import run_benchmark
+
+    cfg = load_benchmark_config(
+        str(REPO / "configs" / "quickstart-benchmark.yaml"),
+        [
+            f"out_dir={tmp_path / 'results'}",
+            f"work_dir={tmp_path / 'work'}",
+            f"prepare.root={sample_dir / 'ptb-xl'}",
+            f"prepare.out={tmp_path / 'cache'}",
+            "transfer.cpsc2018.model_test_fold=7",  # the quick start tests fold 10 only
+        ],
+    )
+    with pytest.raises(ConfigError, match=r"transfer\.cpsc2018\.model_test_fold 7 is not a rotation"):
+        run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
+    assert not (tmp_path / "work" / "models").exists()  # nothing was pretrained
+
+
 def test_reuse_key_of_simclr_ignores_the_text_side() -> None:
     from etp.benchmark import _model_key
     from etp.config import PretrainConfig, to_dict

@@ -567,14 +567,15 @@ def evaluate_model(
                     via_reports=variant.via_reports,
                 )
                 dataset = prepared.info.get("dataset")
-                val = zero_shot_classify(
-                    emb["val"], classes, embed_texts, scale, dataset, table, opts, gallery
+                # one call for both splits: class embeddings (and prototypes) built once
+                both = zero_shot_classify(
+                    np.concatenate([emb["val"], emb["test"]]),
+                    classes, embed_texts, scale, dataset, table, opts, gallery,
                 )
-                test = zero_shot_classify(
-                    emb["test"], classes, embed_texts, scale, dataset, table, opts, gallery
-                )
-                out.zs_val_auc[variant.name] = _zs_average_auc(y["val"], val.probabilities, classes)
-                out.zs_test[variant.name] = test.probabilities
+                n_val = len(emb["val"])
+                val_probs, test_probs = both.probabilities[:n_val], both.probabilities[n_val:]
+                out.zs_val_auc[variant.name] = _zs_average_auc(y["val"], val_probs, classes)
+                out.zs_test[variant.name] = test_probs
             finite = {k: v for k, v in out.zs_val_auc.items() if math.isfinite(v)}
             out.zs_selected = max(finite, key=finite.get) if finite else None
         if do_retrieval:
@@ -779,6 +780,14 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
     classes = list(prepared.classes)
     dataset = str(prepared.info.get("dataset"))
     log.info("rotations: %s", ", ".join(f"test {r.test} / val {r.val}" for r in rots))
+    # each transfer target's models: checked before any pretraining starts
+    transfer_rots: dict[str, Rotation] = {}
+    for tname, target in cfg.transfer.items():
+        t_fold = target.model_test_fold if target.model_test_fold is not None else rots[-1].test
+        t_rot = next((r for r in rots if r.test == t_fold), None)
+        if t_rot is None:
+            raise ConfigError(f"transfer.{tname}.model_test_fold {t_fold} is not a rotation")
+        transfer_rots[tname] = t_rot
 
     outputs: dict[str, dict[int, list[EvalOutput]]] = {}
     model_dirs: dict[tuple[str, int, int], Path] = {}
@@ -804,13 +813,12 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
     for tname, target in cfg.transfer.items():
         t_prepared, t_summary = _prepare(target.prepare)
         t_classes = list(t_prepared.classes)
-        t_fold = target.model_test_fold if target.model_test_fold is not None else rots[-1].test
+        t_fold = transfer_rots[tname].test
+        t_reports = _pretrain_reports(prepared, transfer_rots[tname])
         t_out: dict[str, dict[int, list[EvalOutput]]] = {}
         for method in cfg.methods:
             for seed in seeds_of(cfg, method):
-                key = (method, seed, t_fold)
-                if key not in model_dirs:
-                    raise ConfigError(f"transfer.{tname}.model_test_fold {t_fold} is not a rotation")
+                key = (method, seed, t_fold)  # every method/seed ran every rotation above
                 log.info("[%s seed %d] transfer to %s", method, seed, tname)
                 res = evaluate_model(
                     cfg,
@@ -822,9 +830,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
                     target.linear_probe,
                     target.zero_shot,
                     False,
-                    pretrain_reports=_pretrain_reports(
-                        prepared, next(r for r in rots if r.test == t_fold)
-                    ),
+                    pretrain_reports=t_reports,
                 )
                 t_out.setdefault(method, {}).setdefault(seed, []).append(res)
         results["records_used"][tname] = _records_used(t_prepared, t_summary)
