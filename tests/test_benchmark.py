@@ -37,6 +37,7 @@ def test_shipped_configs_are_valid() -> None:
         ("seeds=[]", "seeds"),
         ("model_choice=first", "model_choice"),
         ("probe.label_fractions=[0.0]", "label_fractions"),
+        ("probe.inits=0", r"probe\.inits: 0 must be >= 1"),
         ("pretrain.train.epochz=3", r"unknown config key\(s\): pretrain\.train\.epochz"),
         ("pretrain.train.epochs=abc", "expected an integer"),
         ("zero_shot=[{name: a}, {name: a}]", "unique"),
@@ -113,6 +114,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
             "pretrain.train.epochs=2",
             "probe.max_epochs=5",
             "probe.weight_decays=[0.0]",
+            "probe.inits=2",
             "bootstrap=20",
         ],
     )
@@ -121,6 +123,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     md = (out / "results.md").read_text()
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
     assert "ETP (paper)" in md and "83.5" in md
+    assert "2 initialisations, each so selected, weights averaged" in md
     assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
     # the quick start's ETP trains on crops, so it is scored on its three views; random init not
     assert results["ptbxl"]["views"] == {"etp": ["3x0.75"], "random": ["1"]}

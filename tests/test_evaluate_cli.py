@@ -101,6 +101,8 @@ def test_markdown_tables_and_fractions(setup, capsys) -> None:
         "0.1,1",
         "--views",
         "2x0.8",
+        "--probe-inits",
+        "2",
     )
     assert rc == 0, err
     assert "Test-time views: 2x0.8" in out
@@ -126,6 +128,8 @@ def test_simclr_model_and_bad_arguments(setup, tmp_path, capsys) -> None:
         capsys, "--model", str(model), "--cache", str(cache), "--label-fractions", "2"
     )
     assert rc == 2 and "label-fractions" in err
+    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-inits", "0")
+    assert rc == 2 and "--probe-inits" in err
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--plots")
     assert rc == 2 and "--out" in err
 

@@ -111,3 +111,36 @@ def test_selection_by_auc_and_by_loss() -> None:
     assert by_auc.val_auc >= by_loss.val_auc - 1e-9
     with pytest.raises(ValueError, match="select_by"):
         ProbeConfig(select_by="f1")
+
+
+def test_inits_average_the_selected_probes_into_one_linear_layer() -> None:
+    """inits=3: each initialisation is selected on validation; the probe is their weight mean."""
+    import torch
+
+    xtr, ytr = _features(300, 0, sep=0.4)
+    xva, yva = _features(120, 1, sep=0.4)
+    xte, yte = _features(120, 2, sep=0.4)
+    single = LinearProbe(CLASSES, ProbeConfig(seed=5, **FAST))
+    single.select(xtr, ytr, xva, yva)
+    avg = LinearProbe(CLASSES, ProbeConfig(seed=5, inits=3, **FAST))
+    sel = avg.select(xtr, ytr, xva, yva)
+    assert len(sel.weight_decays) == len(sel.best_epochs) == 3
+    assert {k for k in sel.history if "init" not in k} == {"wd=0", "wd=0.001"}
+    assert len(sel.history) == 6
+    # the first initialisation is the single probe of inits=1
+    assert sel.weight_decays[0] == single.selection.weight_decay
+    assert sel.best_epochs[0] == single.selection.best_epoch
+    # the others differ from it (their own seeds), and the result is one nn.Linear
+    assert isinstance(avg.model, torch.nn.Linear)
+    assert not torch.allclose(avg.model.weight, single.model.weight)
+    # reproducible; the validation loss reported is that of the averaged probe
+    again = LinearProbe(CLASSES, ProbeConfig(seed=5, inits=3, **FAST))
+    again.select(xtr, ytr, xva, yva)
+    assert np.allclose(again.predict_proba(xte), avg.predict_proba(xte))
+    assert sel.val_loss == pytest.approx(
+        -np.mean(np.log(avg.predict_proba(xva)[np.arange(len(yva)), yva]))
+    )
+    res = avg.evaluate_test(xte, yte)
+    assert res.to_dict()["selection"]["best_epochs"] == sel.best_epochs
+    with pytest.raises(ValueError, match="inits"):
+        ProbeConfig(inits=0)

@@ -77,6 +77,9 @@ class ProbeSection:
     select_by: str = _f(
         "loss", "validation criterion for epoch and weight decay: 'loss' (cross-entropy) or 'auc'"
     )
+    inits: int = _f(
+        1, "independently initialised probes, each selected on validation, weights averaged"
+    )
 
 
 @dataclass
@@ -177,6 +180,8 @@ def validate(cfg: BenchmarkConfig) -> None:
         raise ConfigError(
             f"probe.select_by: {cfg.probe.select_by!r} is not one of {', '.join(SELECT_BY)}"
         )
+    if int(cfg.probe.inits) < 1:
+        raise ConfigError(f"probe.inits: {cfg.probe.inits} must be >= 1")
     for frac in cfg.probe.label_fractions:
         if not 0 < frac <= 1:
             raise ConfigError(f"probe.label_fractions: {frac} is not in (0, 1]")
@@ -526,6 +531,7 @@ def evaluate_model(
                     label_fraction=frac,
                     seed=seed,
                     select_by=cfg.probe.select_by,
+                    inits=cfg.probe.inits,
                 ),
             )
             probe.select(feats["train"], y["train"], feats["val"], y["val"])
@@ -992,6 +998,13 @@ def render_markdown(
         f"bootstrap resamples: {cfg.bootstrap}",
         f"- protocol: {'fold rotation (every fold the test fold once; the previous fold validates; out-of-fold test predictions pooled)' if cfg.rotate_folds else f'test fold {cfg.test_fold}, validation fold {cfg.val_fold}'}; "
         f"pretrained model: {'the last epoch' if cfg.model_choice == 'last' else 'the epoch with the lowest validation loss'}; probe and prompt choices on validation only",
+        f"- linear probe: Adam, batch {cfg.probe.batch_size}, epoch and weight decay "
+        f"(of {len(cfg.probe.weight_decays)}) by validation {cfg.probe.select_by}"
+        + (
+            f"; {cfg.probe.inits} initialisations, each so selected, weights averaged"
+            if cfg.probe.inits > 1
+            else ""
+        ),
         f"- wall time: {results.get('seconds', {}).get('total', 0) / 60:.1f} min",
         "",
         "## Records used",

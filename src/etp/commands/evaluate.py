@@ -419,6 +419,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "(default, steadier on small validation sets) or macro AUC",
     )
     p.add_argument(
+        "--probe-inits",
+        type=int,
+        default=1,
+        metavar="N",
+        help="independently initialised probes, each selected on validation, whose weights are "
+        "averaged into one linear classifier (default 1, the paper's single probe)",
+    )
+    p.add_argument(
         "--bootstrap",
         type=int,
         default=1000,
@@ -485,9 +493,11 @@ def run(args: argparse.Namespace) -> int:
         or args.batch_size < 1
         or args.probe_epochs < 1
         or args.probe_patience < 1
+        or args.probe_inits < 1
     ):
         raise ConfigError(
-            "--bootstrap must be >= 0; --batch-size, --probe-epochs, --probe-patience >= 1"
+            "--bootstrap must be >= 0; --batch-size, --probe-epochs, --probe-patience, "
+            "--probe-inits >= 1"
         )
     fractions = _fractions(args.label_fractions)
     popts = prompt_options(args)
@@ -505,6 +515,7 @@ def run(args: argparse.Namespace) -> int:
             max_epochs=args.probe_epochs,
             patience=args.probe_patience,
             select_by=args.probe_select_by,
+            inits=args.probe_inits,
             seed=args.seed,
             device=str(loaded.device),
         ),

@@ -14,6 +14,10 @@ Protocol, with every choice made on the validation split only:
    macro AUC in steps, and picking the best of ~100 epochs x 8 decays by it overfits the fold
    (in development runs, folds 1-9 only, choosing by cross-entropy raised the test AUC in 8 of 8
    model sets, by 0.4 to 3.6 points: ``benchmarks/dev_rotations.py``).
+   With ``inits > 1`` this is repeated from several seeded initialisations and minibatch orders
+   (each choosing its own weight decay and epoch on validation) and the probe is the mean of
+   their weights and biases: still one linear classifier, with less of the run-to-run spread
+   that early stopping on a small validation fold brings (``benchmarks/dev_validation.py probe``).
 5. Only then is the test split scored — once (:meth:`LinearProbe.evaluate_test` refuses a second
    call). Nothing is tuned on test: no epoch choice, no decision thresholds.
 """
@@ -54,12 +58,16 @@ class ProbeConfig:
     seed: int = 0
     device: str = "cpu"
     select_by: str = "loss"
+    #: independently initialised probes whose weights are averaged (1: the paper's single probe)
+    inits: int = 1
 
     def __post_init__(self) -> None:
         if self.select_by not in SELECT_BY:
             raise ValueError(
                 f"probe select_by must be one of {SELECT_BY}, got {self.select_by!r}"
             )
+        if int(self.inits) < 1:
+            raise ValueError(f"probe inits must be >= 1, got {self.inits}")
 
 
 def stratified_fraction(
@@ -101,6 +109,10 @@ class ProbeSelection:
     history: dict[str, list[float]] = field(default_factory=dict)
     select_by: str = "loss"
     val_loss: float = math.nan
+    #: per initialisation (``inits > 1``): its chosen weight decay and epoch; the fields above
+    #: then hold their medians
+    weight_decays: list[float] = field(default_factory=list)
+    best_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +138,8 @@ class ProbeResult:
                 "val_auc": sel.val_auc,
                 "val_loss": sel.val_loss,
                 "select_by": sel.select_by,
+                "weight_decays": sel.weight_decays,
+                "best_epochs": sel.best_epochs,
                 "n_train": sel.n_train,
                 "history": sel.history,
             },
@@ -138,6 +152,20 @@ def _cross_entropy(y: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-likelihood of the true classes."""
     p = probs[np.arange(len(y)), y]
     return float(-np.mean(np.log(np.clip(p, 1e-12, None))))
+
+
+def _init_seed(seed: int, k: int) -> int:
+    """Seed of the probe's ``k``-th initialisation (k >= 1), derived from the probe seed."""
+    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0])
+
+
+def _mean_linear(models: Sequence[nn.Linear]) -> nn.Linear:
+    """One linear layer whose weight and bias are the means of ``models``' (same shapes)."""
+    out = copy.deepcopy(models[0])
+    with torch.no_grad():
+        out.weight.copy_(torch.stack([m.weight for m in models]).mean(0))
+        out.bias.copy_(torch.stack([m.bias for m in models]).mean(0))
+    return out
 
 
 def _val_score(metrics: dict[str, Any]) -> float:
@@ -176,14 +204,20 @@ class LinearProbe:
             return torch.softmax(model(x).float(), dim=1).cpu().numpy()
 
     def _fit_one(
-        self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: np.ndarray, wd: float
+        self,
+        xt: torch.Tensor,
+        yt: torch.Tensor,
+        xv: torch.Tensor,
+        yv: np.ndarray,
+        wd: float,
+        seed: int,
     ) -> tuple[nn.Linear, int, float, dict[str, Any], list[float]]:
         cfg = self.config
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(seed)
             model = nn.Linear(xt.shape[1], len(self.classes)).to(cfg.device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=wd)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(seed)
         loss_fn = nn.CrossEntropyLoss()
         best = (-math.inf, 0, copy.deepcopy(model.state_dict()), {})
         curve: list[float] = []
@@ -231,16 +265,31 @@ class LinearProbe:
         xt = self._tensor(np.asarray(x_train)[sub])
         yt = torch.from_numpy(y_train[sub]).to(cfg.device)
         xv = self._tensor(x_val)
-        best: tuple[float, float, int, nn.Linear, dict[str, Any]] | None = None
         history: dict[str, list[float]] = {}
-        for wd in cfg.weight_decays:
-            model, epoch, score, metrics, curve = self._fit_one(xt, yt, xv, y_val, wd)
-            history[f"wd={wd:g}"] = curve
-            log.debug("probe wd=%g: best val score %.4f at epoch %d", wd, score, epoch)
-            if best is None or score > best[0]:
-                best = (score, wd, epoch, model, metrics)
-        assert best is not None
-        score, wd, epoch, model, metrics = best
+        chosen: list[tuple[float, int, nn.Linear, dict[str, Any]]] = []
+        for k in range(int(cfg.inits)):
+            # init 0 is the single probe of inits=1; the others draw fresh seeds from it
+            seed = cfg.seed if k == 0 else _init_seed(cfg.seed, k)
+            best: tuple[float, float, int, nn.Linear, dict[str, Any]] | None = None
+            for wd in cfg.weight_decays:
+                model, epoch, score, metrics, curve = self._fit_one(xt, yt, xv, y_val, wd, seed)
+                history[f"wd={wd:g}" + (f",init={k}" if k else "")] = curve
+                log.debug(
+                    "probe init %d wd=%g: best val score %.4f at epoch %d", k, wd, score, epoch
+                )
+                if best is None or score > best[0]:
+                    best = (score, wd, epoch, model, metrics)
+            assert best is not None
+            chosen.append(best[1:])
+        if len(chosen) == 1:
+            wd, epoch, model, metrics = chosen[0]
+        else:
+            model = _mean_linear([c[2] for c in chosen])
+            pv = self._probs(model, xv)
+            metrics = classification_metrics(y_val, pv, self.classes, warn=False)
+            metrics["loss"] = _cross_entropy(y_val, pv)
+            wd = float(np.median([c[0] for c in chosen]))
+            epoch = int(round(float(np.median([c[1] for c in chosen]))))
         self.model = model
         self.selection = ProbeSelection(
             weight_decay=float(wd),
@@ -252,6 +301,8 @@ class LinearProbe:
             history=history,
             select_by=cfg.select_by,
             val_loss=float(metrics["loss"]),
+            weight_decays=[float(c[0]) for c in chosen],
+            best_epochs=[int(c[1]) for c in chosen],
         )
         return self.selection
 

@@ -1,0 +1,278 @@
+"""Evaluation-side choices scored on validation folds only, with the benchmark's saved models.
+
+The models of ``etp benchmark --config configs/benchmark-ptbxl.yaml`` (one per method, seed and
+rotation, under its ``work_dir``) are reused; nothing is pretrained and no rotation's test fold
+is read: every figure comes from the rotations' *validation* folds, pooled over rotations.
+
+``probe``: linear-probe settings. The probe chooses its epoch and weight decay on validation,
+so scoring it on the same records would flatter the more flexible setting; each validation fold
+is therefore cross-fitted: split in two stratified halves, the probe selects on one half and is
+scored on the other, and the other way round. Candidates: ``inits`` (1 = a single probe; N =
+N initialisations averaged, :class:`etp.eval.linear_probe.ProbeConfig`).
+
+``zero-shot``: label-free ways of scoring ECGs against classes, which need no cross-fitting since
+they choose nothing on labels: every prompt variant of the config (report prototypes included),
+and two alternatives kept out of the library because they did not help here:
+
+* ``prior``: class biases fitted so the average prediction over the training folds' (unlabelled)
+  ECGs matches the class frequencies the frozen text model gives the training reports;
+* ``report vote``: an ECG's class distribution is the mix of the text-only class distributions of
+  the training reports, weighted by the ECG's softmax similarity to each report.
+
+One markdown file per part is written to ``benchmarks/results/`` with the command, date and
+machine.
+
+    python benchmarks/dev_validation.py probe --methods etp --inits 1,3
+    python benchmarks/dev_validation.py zero-shot
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _setup(config: str) -> tuple[Any, Any, list[Any], list[str], Path]:
+    from etp.benchmark import _prepare, load_benchmark_config, rotations
+
+    cfg = load_benchmark_config(config)
+    prepared, _ = _prepare(cfg.prepare)
+    rots = rotations(cfg, prepared.meta["fold"].astype(int).unique().tolist())
+    return cfg, prepared, rots, list(prepared.classes), Path(cfg.work_dir)
+
+
+def _saved_model(cfg: Any, method: str, seed: int, rot: Any, prepared: Any, work: Path) -> Path:
+    """The benchmark's saved model; refuses to pretrain (run the benchmark first)."""
+    from etp.benchmark import obtain_model
+
+    marker = work / "models" / method / f"seed{seed}" / rot.name / "benchmark-run.json"
+    if not marker.exists():
+        raise SystemExit(f"{marker}: no saved benchmark model; run `etp benchmark` first")
+    return obtain_model(cfg, method, seed, rot, prepared, work)
+
+
+def _halves(y: np.ndarray, seed: int) -> np.ndarray:
+    """A stratified random half of ``y`` (boolean mask)."""
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        rng.shuffle(members)
+        half[members[: len(members) // 2]] = True
+    return half
+
+
+def probe_part(args: argparse.Namespace) -> list[str]:
+    """Cross-fitted validation AUC / F1 of the probe for each ``inits`` candidate."""
+    from etp.benchmark import _split_indices
+    from etp.eval.features import extract
+    from etp.eval.linear_probe import LinearProbe, ProbeConfig
+    from etp.eval.metrics import classification_metrics
+    from etp.models.etp import load_model_dir
+
+    cfg, prepared, rots, classes, work = _setup(args.config)
+    inits = [int(i) for i in args.inits.split(",")]
+    rows = []
+    for method in args.methods.split(","):
+        for seed in cfg.seeds:
+            pooled: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+            for rot in rots:
+                model = load_model_dir(_saved_model(cfg, method, seed, rot, prepared, work))
+                split = _split_indices(prepared, rot)
+                y = {s: prepared.label_index(split[s]) for s in ("train", "val")}
+                f = {
+                    s: extract(model, prepared, split[s], "features", bf16=True,
+                               cache_dir=work / "features")
+                    for s in ("train", "val")
+                }
+                half = _halves(y["val"], rot.test)
+                for n in inits:
+                    for sel in (half, ~half):
+                        probe = LinearProbe(
+                            classes,
+                            ProbeConfig(
+                                lr=cfg.probe.lr,
+                                batch_size=cfg.probe.batch_size,
+                                max_epochs=cfg.probe.max_epochs,
+                                patience=cfg.probe.patience,
+                                weight_decays=tuple(cfg.probe.weight_decays),
+                                select_by=cfg.probe.select_by,
+                                seed=seed,
+                                inits=n,
+                            ),
+                        )
+                        probe.select(f["train"], y["train"], f["val"][sel], y["val"][sel])
+                        ys, ps = pooled.setdefault(n, ([], []))
+                        ys.append(y["val"][~sel])
+                        ps.append(probe.predict_proba(f["val"][~sel]))
+            for n in inits:
+                ys, ps = pooled[n]
+                m = classification_metrics(np.concatenate(ys), np.concatenate(ps), classes, warn=False)
+                rows.append([method, str(seed), str(n), f"{100 * m['auc']:.1f}", f"{100 * m['f1']:.1f}"])
+                print(" | ".join(rows[-1]), flush=True)
+    lines = [
+        "Cross-fitted validation (each rotation's validation fold split in two stratified halves; "
+        "the probe selects on one and is scored on the other, both ways), pooled over rotations.",
+        "",
+        "| method | seed | inits | val AUC | val F1 |",
+        "|---|---|---|---|---|",
+        *["| " + " | ".join(r) + " |" for r in rows],
+    ]
+    return lines
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _prior_biases(logits: np.ndarray, prior: np.ndarray, iters: int = 200) -> np.ndarray:
+    """Class biases that make the mean softmax of ``logits`` (unlabelled ECGs) equal ``prior``."""
+    b = np.zeros(logits.shape[1])
+    for _ in range(iters):
+        b += np.log(prior / np.maximum(_softmax(logits + b).mean(axis=0), 1e-12))
+    return b
+
+
+def zero_shot_part(args: argparse.Namespace) -> list[str]:
+    """Validation average AUC / F1 of each variant and of the two alternatives (ETP models)."""
+    from etp.benchmark import _pretrain_reports, _split_indices
+    from etp.eval.features import extract
+    from etp.eval.metrics import zero_shot_metrics
+    from etp.eval.zero_shot import (
+        PromptOptions,
+        ReportGallery,
+        _normalize,
+        build_prompts,
+        class_text_embeddings,
+        load_prompt_table,
+        report_prototypes,
+    )
+    from etp.models.etp import load_model_dir
+
+    cfg, prepared, rots, classes, work = _setup(args.config)
+    table = load_prompt_table(cfg.prompts)
+    dataset = str(prepared.info.get("dataset"))
+    folds = {int(f) for f in args.val_folds.split(",")} if args.val_folds else None
+    pooled: dict[tuple[int, str], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for seed in cfg.seeds:
+        for rot in rots:
+            if folds is not None and rot.val not in folds:
+                continue
+            model = load_model_dir(_saved_model(cfg, "etp", seed, rot, prepared, work))
+            split = _split_indices(prepared, rot)
+            y_val = prepared.label_index(split["val"])
+            ecg = {
+                "val": _normalize(extract(model, prepared, split["val"], "embedding", bf16=True,
+                                          cache_dir=work / "features")),
+                "train": _normalize(extract(model, prepared, prepared.select(folds=rot.train),
+                                            "embedding", bf16=True, cache_dir=work / "features")),
+            }
+            text_cache = work / "text"
+
+            def embed(ts: list[str], m: Any = model) -> np.ndarray:
+                return m.embed_texts(ts, cache_dir=text_cache)
+
+            def frozen(ts: list[str], m: Any = model) -> np.ndarray:
+                return m.embed_texts_frozen(ts, cache_dir=text_cache)
+
+            reports = _pretrain_reports(prepared, rot)
+            gallery = ReportGallery(texts=reports, embed_frozen=frozen)
+            joint, text_frozen = _normalize(embed(reports)), _normalize(frozen(reports))
+            scale = float(model.model.scale().detach())
+            for v in cfg.zero_shot:
+                opts = PromptOptions(
+                    templates=tuple(v.templates) if v.templates else None,
+                    ensemble=v.ensemble,
+                    synonyms=v.synonyms,
+                    languages=tuple(v.languages),
+                )
+                prompts = build_prompts(classes, dataset, table, opts)
+                protos, counts = report_prototypes(prompts, gallery, embed)
+                class_emb = protos if v.via_reports else class_text_embeddings(prompts, embed)
+                logits = scale * ecg["val"] @ class_emb.T
+                out = {v.name: _softmax(logits)}
+                if not v.via_reports:
+                    prior = np.array([counts[c] for c in classes], float) + 1.0
+                    b = _prior_biases(scale * ecg["train"] @ class_emb.T, prior / prior.sum())
+                    out[f"{v.name}, prior"] = _softmax(logits + b)
+                    text_probs = _softmax(
+                        30.0 * text_frozen @ class_text_embeddings(prompts, frozen).T
+                    )
+                    out[f"{v.name}, report vote"] = _softmax(scale * ecg["val"] @ joint.T) @ text_probs
+                for name, p in out.items():
+                    ys, ps = pooled.setdefault((seed, name), ([], []))
+                    ys.append(y_val)
+                    ps.append(p)
+        print(f"seed {seed} done", flush=True)
+    names = list(dict.fromkeys(n for _, n in pooled))
+    lines = [
+        "Validation folds "
+        + (f"{sorted(folds)}" if folds else "of every rotation")
+        + ", pooled over rotations; ETP models, per seed: average one-vs-rest AUC / F1.",
+        "",
+        "| variant | " + " | ".join(f"seed {s} AUC / F1" for s in cfg.seeds) + " | mean AUC / F1 |",
+        "|---|" + "---|" * (len(cfg.seeds) + 1),
+    ]
+    for name in names:
+        cells, aucs, f1s = [], [], []
+        for seed in cfg.seeds:
+            ys, ps = pooled[(seed, name)]
+            m = zero_shot_metrics(np.concatenate(ys), np.concatenate(ps), classes, warn=False)
+            aucs.append(100 * m["average"]["auc"])
+            f1s.append(100 * m["average"]["f1"])
+            cells.append(f"{aucs[-1]:.1f} / {f1s[-1]:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(aucs):.1f} / {np.mean(f1s):.1f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("part", choices=("probe", "zero-shot"))
+    ap.add_argument("--config", default="configs/benchmark-ptbxl.yaml", help="benchmark config")
+    ap.add_argument("--methods", default="etp", help="probe: comma-separated methods")
+    ap.add_argument("--inits", default="1,3", help="probe: comma-separated inits candidates")
+    ap.add_argument("--val-folds", default="", help="zero-shot: only rotations validated on these")
+    ap.add_argument("--out", default=None, help="markdown output (default benchmarks/results/)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from etp.eval.report import machine_info
+
+    t0 = time.perf_counter()
+    lines = probe_part(args) if args.part == "probe" else zero_shot_part(args)
+    m = machine_info()
+    head = [
+        f"# Validation-fold check: {args.part}",
+        "",
+        f"- command: `python benchmarks/dev_validation.py {shlex.join(sys.argv[1:] if argv is None else argv)}`",
+        f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
+        f"- machine: {m.get('cpu_model')}, {m.get('cpu_count')} cores; torch {m.get('torch')}",
+        f"- models: the saved benchmark models of `{args.config}`; "
+        f"wall time {(time.perf_counter() - t0) / 60:.1f} min",
+        "- records: PTB-XL single-label records of the rotations' validation folds (test folds "
+        "not read)",
+        "",
+    ]
+    name = "dev_validation_probe.md" if args.part == "probe" else "dev_validation_zero_shot.md"
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / name
+    from etp.io import atomic_write_text
+
+    atomic_write_text(out, "\n".join(head + lines) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
