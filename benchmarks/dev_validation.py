@@ -29,6 +29,7 @@ machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
 import shlex
@@ -74,9 +75,9 @@ def _halves(y: np.ndarray, seed: int) -> np.ndarray:
 
 def probe_part(args: argparse.Namespace) -> list[str]:
     """Cross-fitted validation AUC / F1 of the probe for each ``inits`` candidate."""
-    from etp.benchmark import _split_indices
+    from etp.benchmark import _split_indices, probe_config
     from etp.eval.features import extract
-    from etp.eval.linear_probe import LinearProbe, ProbeConfig
+    from etp.eval.linear_probe import LinearProbe
     from etp.eval.metrics import classification_metrics
     from etp.models.etp import load_model_dir
 
@@ -98,19 +99,8 @@ def probe_part(args: argparse.Namespace) -> list[str]:
                 half = _halves(y["val"], rot.test)
                 for n in inits:
                     for sel in (half, ~half):
-                        probe = LinearProbe(
-                            classes,
-                            ProbeConfig(
-                                lr=cfg.probe.lr,
-                                batch_size=cfg.probe.batch_size,
-                                max_epochs=cfg.probe.max_epochs,
-                                patience=cfg.probe.patience,
-                                weight_decays=tuple(cfg.probe.weight_decays),
-                                select_by=cfg.probe.select_by,
-                                seed=seed,
-                                inits=n,
-                            ),
-                        )
+                        section = dataclasses.replace(cfg.probe, inits=n)
+                        probe = LinearProbe(classes, probe_config(section, 1.0, seed))
                         probe.select(f["train"], y["train"], f["val"][sel], y["val"][sel])
                         ys, ps = pooled.setdefault(n, ([], []))
                         ys.append(y["val"][~sel])

@@ -124,6 +124,8 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
     assert "ETP (paper)" in md and "83.5" in md
     assert "2 initialisations, each so selected, weights averaged" in md
+    chosen = results["ptbxl"]["selection"]["etp"]["1.0"][0]
+    assert len(chosen["best_epochs"]) == 2 and "history" not in chosen  # curves not stored
     assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
     # the quick start's ETP trains on crops, so it is scored on its three views; random init not
     assert results["ptbxl"]["views"] == {"etp": ["3x0.75"], "random": ["1"]}

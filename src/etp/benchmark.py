@@ -449,6 +449,23 @@ class EvalOutput:
     views: str = "1"
 
 
+def probe_config(section: ProbeSection, fraction: float, seed: int) -> Any:
+    """The :class:`~etp.eval.linear_probe.ProbeConfig` of a benchmark's probe section."""
+    from etp.eval.linear_probe import ProbeConfig
+
+    return ProbeConfig(
+        lr=section.lr,
+        batch_size=section.batch_size,
+        max_epochs=section.max_epochs,
+        patience=section.patience,
+        weight_decays=tuple(section.weight_decays),
+        label_fraction=fraction,
+        seed=seed,
+        select_by=section.select_by,
+        inits=section.inits,
+    )
+
+
 def _split_indices(prepared: Any, rotation: Rotation | None) -> dict[str, np.ndarray]:
     """Single-label record indices of train / val / test (by folds, or by the split column)."""
     if rotation is None:
@@ -491,7 +508,7 @@ def evaluate_model(
     variants with ``via_reports``; by default the training split's reports of ``prepared``.
     """
     from etp.eval.features import extract
-    from etp.eval.linear_probe import LinearProbe, ProbeConfig
+    from etp.eval.linear_probe import LinearProbe
     from etp.eval.zero_shot import (
         PromptOptions,
         ReportGallery,
@@ -520,24 +537,13 @@ def evaluate_model(
         }
         for frac in cfg.probe.label_fractions:
             # the probe standardises with the whole training split, then draws the fraction
-            probe = LinearProbe(
-                classes,
-                ProbeConfig(
-                    lr=cfg.probe.lr,
-                    batch_size=cfg.probe.batch_size,
-                    max_epochs=cfg.probe.max_epochs,
-                    patience=cfg.probe.patience,
-                    weight_decays=tuple(cfg.probe.weight_decays),
-                    label_fraction=frac,
-                    seed=seed,
-                    select_by=cfg.probe.select_by,
-                    inits=cfg.probe.inits,
-                ),
-            )
+            probe = LinearProbe(classes, probe_config(cfg.probe, frac, seed))
             probe.select(feats["train"], y["train"], feats["val"], y["val"])
             res = probe.evaluate_test(feats["test"], y["test"])  # the one look at test
             out.probe[frac] = res.test_probabilities
-            out.probe_selection[frac] = res.to_dict()["selection"]
+            # what was chosen, without the per-epoch validation curves (MBs over a benchmark)
+            selection = res.to_dict()["selection"]
+            out.probe_selection[frac] = {k: v for k, v in selection.items() if k != "history"}
 
     if model.has_text and (do_zero_shot or do_retrieval):
         emb = {
