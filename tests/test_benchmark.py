@@ -43,6 +43,7 @@ def test_shipped_configs_are_valid() -> None:
         ("zero_shot=[{name: a}, {name: a}]", "unique"),
         ("zero_shot=[{nam: a}]", r"unknown config key\(s\): zero_shot\[0\]\.nam"),
         ("test_fold=9", "must differ"),
+        ("zero_shot_default=nope", "zero_shot_default: 'nope' is not a zero_shot variant"),
         ("bogus=1", r"unknown config key\(s\): bogus"),
         ("views=3x1", "views: 3 views of the whole record"),
         ("views=many", "views: expected N or NxF"),
@@ -124,6 +125,8 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
     assert "ETP (paper)" in md and "83.5" in md
     assert "2 initialisations, each so selected, weights averaged" in md
+    assert "## Table 2 — zero-shot, ptbxl, shipped prompt variant, fixed for every rotation (`en via reports`)" in md
+    assert "## Table 2 — zero-shot, ptbxl, prompt variant chosen on each rotation's validation fold" in md
     chosen = results["ptbxl"]["selection"]["etp"]["1.0"][0]
     assert len(chosen["best_epochs"]) == 2 and "history" not in chosen  # curves not stored
     assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
@@ -145,6 +148,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     assert "en via reports" in results["cpsc2018"]["zero_shot"]["etp"]  # PTB-XL reports as gallery
     assert (out / "roc_zero_shot_etp.png").stat().st_size > 1000
     assert (out / "embedding_map_etp.png").is_file()
+    assert (out / "zero_shot_vs_paper_en_via_reports.png").is_file()  # the shipped variant
     # test-fold records never reached pretraining: fold 10 excluded in the saved run config
     run_cfg = (tmp_path / "work" / "models" / "etp" / "seed0" / "test10" / "config.yaml").read_text()
     assert "exclude_folds:\n  - 10" in run_cfg or "exclude_folds: [10]" in run_cfg

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -118,6 +119,11 @@ class BenchmarkConfig:
     method_pretrain: dict[str, Any] = _f({}, "per-method PretrainConfig mappings (override)")
     probe: ProbeSection = field(default_factory=ProbeSection)
     zero_shot: list[ZeroShotVariant] = _f([], "prompt variants compared (first = paper's)")
+    zero_shot_default: str = _f(
+        "",
+        "name of the shipped prompt variant (one fixed choice for every rotation, made on "
+        "validation folds beforehand), reported in its own table beside the per-rotation choice",
+    )
     prompts: str | None = _f(None, "prompt table YAML (default: the packaged one)")
     retrieval: bool = _f(True, "ECG<->report Recall@K on each test fold")
     transfer: dict[str, TransferTarget] = _f({}, "other datasets evaluated with these models")
@@ -188,6 +194,10 @@ def validate(cfg: BenchmarkConfig) -> None:
     names = [v.name for v in cfg.zero_shot]
     if len(set(names)) != len(names):
         raise ConfigError(f"zero_shot: variant names must be unique, got {names}")
+    if cfg.zero_shot_default and cfg.zero_shot_default not in names:
+        raise ConfigError(
+            f"zero_shot_default: {cfg.zero_shot_default!r} is not a zero_shot variant ({names})"
+        )
     for section in ("method_pretrain", "method_seeds"):
         for method in list(getattr(cfg, section)):
             if method not in METHODS:
@@ -1087,8 +1097,7 @@ def render_markdown(
         zs = results.get(ds, {}).get("zero_shot", {})
         if not zs:
             continue
-        default_variant = cfg.zero_shot[0].name if cfg.zero_shot else "en"
-        for variant, title in ((default_variant, "the paper's prompt"), ("val-selected", "prompt variant chosen on validation")):
+        for variant, title in _zero_shot_tables(cfg):
             table = {
                 method: _stat_cells(v[variant]["stats"]) for method, v in zs.items() if variant in v
             }
@@ -1130,6 +1139,22 @@ def render_markdown(
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _file_part(name: str) -> str:
+    """``name`` as part of a file name: runs of other characters than [A-Za-z0-9.+-] -> ``_``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name)
+
+
+def _zero_shot_tables(cfg: BenchmarkConfig) -> list[tuple[str, str]]:
+    """(variant, title) of the zero-shot tables: the paper's prompt, the shipped variant, the
+    per-rotation validation choice."""
+    first = cfg.zero_shot[0].name if cfg.zero_shot else "en"
+    out = [(first, "the paper's prompt")]
+    if cfg.zero_shot_default and cfg.zero_shot_default != first:
+        out.append((cfg.zero_shot_default, "shipped prompt variant, fixed for every rotation"))
+    out.append(("val-selected", "prompt variant chosen on each rotation's validation fold"))
+    return out
 
 
 def _fraction_sizes(
@@ -1242,16 +1267,15 @@ def _plots(
                 title=f"{method}: linear-probe ROC, pooled test folds",
             )
     zs = pooled.get("zero_shot", {}).get("etp", {})
-    default_variant = cfg.zero_shot[0].name if cfg.zero_shot else "en"
     paper = PAPER_ZERO_SHOT.get(dataset, {})
-    for variant in (default_variant, "val-selected"):
+    for variant, _ in _zero_shot_tables(cfg):
         if variant in zs and paper:
             st = unflatten(zs[variant]["stats"])
             ours = {c: 100 * st["per_class"][c]["auc"]["mean"] for c in classes if c in st["per_class"]}
             ours["Average"] = 100 * st["average"]["auc"]["mean"]
             ref = {c: paper[c]["ETP"]["auc"] for c in paper}
             plot_vs_paper(
-                ours, ref, out_dir / f"zero_shot_vs_paper_{variant}.png",
+                ours, ref, out_dir / f"zero_shot_vs_paper_{_file_part(variant)}.png",
                 title=f"{dataset} zero-shot AUC: etp ({variant}) vs. paper",
             )
     etp_runs = outputs.get("etp", {})
