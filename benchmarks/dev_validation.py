@@ -11,8 +11,9 @@ scored on the other, and the other way round. Candidates: ``inits`` (1 = a singl
 N initialisations averaged, :class:`etp.eval.linear_probe.ProbeConfig`).
 
 ``zero-shot``: label-free ways of scoring ECGs against classes, which need no cross-fitting since
-they choose nothing on labels: every prompt variant of the config (report prototypes included),
-and two alternatives kept out of the library because they did not help here:
+they choose nothing on labels: every prompt variant of the config (report prototypes included;
+with ``--more`` a few more report-prototype variants), and two alternatives kept out of the
+library because they did not help here:
 
 * ``prior``: class biases fitted so the average prediction over the training folds' (unlabelled)
   ECGs matches the class frequencies the frozen text model gives the training reports;
@@ -23,7 +24,7 @@ One markdown file per part is written to ``benchmarks/results/`` with the comman
 machine.
 
     python benchmarks/dev_validation.py probe --methods etp --inits 1,3
-    python benchmarks/dev_validation.py zero-shot
+    python benchmarks/dev_validation.py zero-shot --more
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+#: more report-prototype variants for ``zero-shot --more`` (languages, synonyms, ensemble)
+MORE_VARIANTS = (
+    ("en synonyms via reports", ("en",), True, False),
+    ("en+de synonyms ensemble via reports", ("en", "de"), True, True),
+    ("en+de+sv synonyms via reports", ("en", "de", "sv"), True, False),
+    ("de synonyms via reports", ("de",), True, False),
+)
 
 
 def _setup(config: str) -> tuple[Any, Any, list[Any], list[str], Path]:
@@ -151,7 +159,16 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
     )
     from etp.models.etp import load_model_dir
 
+    from etp.benchmark import ZeroShotVariant
+
     cfg, prepared, rots, classes, work = _setup(args.config)
+    if args.more:
+        known = {v.name for v in cfg.zero_shot}
+        cfg.zero_shot += [
+            ZeroShotVariant(name=n, languages=list(lang), synonyms=syn, ensemble=ens, via_reports=True)
+            for n, lang, syn, ens in MORE_VARIANTS
+            if n not in known
+        ]
     table = load_prompt_table(cfg.prompts)
     dataset = str(prepared.info.get("dataset"))
     folds = {int(f) for f in args.val_folds.split(",")} if args.val_folds else None
@@ -234,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/benchmark-ptbxl.yaml", help="benchmark config")
     ap.add_argument("--methods", default="etp", help="probe: comma-separated methods")
     ap.add_argument("--inits", default="1,3", help="probe: comma-separated inits candidates")
+    ap.add_argument(
+        "--more", action="store_true", help="zero-shot: also score more report-prototype variants"
+    )
     ap.add_argument("--val-folds", default="", help="zero-shot: only rotations validated on these")
     ap.add_argument("--out", default=None, help="markdown output (default benchmarks/results/)")
     args = ap.parse_args(argv)
