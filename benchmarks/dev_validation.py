@@ -60,16 +60,6 @@ def _setup(config: str) -> tuple[Any, Any, list[Any], list[str], Path]:
     return cfg, prepared, rots, list(prepared.classes), Path(cfg.work_dir)
 
 
-def _saved_model(cfg: Any, method: str, seed: int, rot: Any, prepared: Any, work: Path) -> Path:
-    """The benchmark's saved model; refuses to pretrain (run the benchmark first)."""
-    from etp.benchmark import obtain_model
-
-    marker = work / "models" / method / f"seed{seed}" / rot.name / "benchmark-run.json"
-    if not marker.exists():
-        raise SystemExit(f"{marker}: no saved benchmark model; run `etp benchmark` first")
-    return obtain_model(cfg, method, seed, rot, prepared, work)
-
-
 def _halves(y: np.ndarray, seed: int) -> np.ndarray:
     """A stratified random half of ``y`` (boolean mask)."""
     rng = np.random.default_rng(seed)
@@ -83,7 +73,7 @@ def _halves(y: np.ndarray, seed: int) -> np.ndarray:
 
 def probe_part(args: argparse.Namespace) -> list[str]:
     """Cross-fitted validation AUC / F1 of the probe for each ``inits`` candidate."""
-    from etp.benchmark import _split_indices, probe_config
+    from etp.benchmark import _split_indices, obtain_model, probe_config
     from etp.eval.features import extract
     from etp.eval.linear_probe import LinearProbe
     from etp.eval.metrics import classification_metrics
@@ -96,7 +86,7 @@ def probe_part(args: argparse.Namespace) -> list[str]:
         for seed in cfg.seeds:
             pooled: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
             for rot in rots:
-                model = load_model_dir(_saved_model(cfg, method, seed, rot, prepared, work))
+                model = load_model_dir(obtain_model(cfg, method, seed, rot, prepared, work, build=False))
                 split = _split_indices(prepared, rot)
                 y = {s: prepared.label_index(split[s]) for s in ("train", "val")}
                 f = {
@@ -145,7 +135,7 @@ def _prior_biases(logits: np.ndarray, prior: np.ndarray, iters: int = 200) -> np
 
 def zero_shot_part(args: argparse.Namespace) -> list[str]:
     """Validation average AUC / F1 of each variant and of the two alternatives (ETP models)."""
-    from etp.benchmark import _pretrain_reports, _split_indices
+    from etp.benchmark import _pretrain_reports, _split_indices, obtain_model
     from etp.eval.features import extract
     from etp.eval.metrics import zero_shot_metrics
     from etp.eval.zero_shot import (
@@ -177,7 +167,7 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
         for rot in rots:
             if folds is not None and rot.val not in folds:
                 continue
-            model = load_model_dir(_saved_model(cfg, "etp", seed, rot, prepared, work))
+            model = load_model_dir(obtain_model(cfg, "etp", seed, rot, prepared, work, build=False))
             split = _split_indices(prepared, rot)
             y_val = prepared.label_index(split["val"])
             ecg = {

@@ -98,6 +98,16 @@ def test_pooled_stats_mean_std_and_ci() -> None:
     assert cells["average"]["auc"]["mean"] == pytest.approx(zs["per_seed"][0]["average"]["auc"])
 
 
+def _on_sample(tmp_path: Path, sample_dir: Path) -> list[str]:
+    """Overrides that point the quick-start benchmark at the bundled sample and ``tmp_path``."""
+    return [
+        f"out_dir={tmp_path / 'results'}",
+        f"work_dir={tmp_path / 'work'}",
+        f"prepare.root={sample_dir / 'ptb-xl'}",
+        f"prepare.out={tmp_path / 'cache'}",
+    ]
+
+
 def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     """The quick-start protocol on the bundled sample, shrunk: tables, JSON and plots appear."""
 
@@ -106,10 +116,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     cfg = load_benchmark_config(
         str(REPO / "configs" / "quickstart-benchmark.yaml"),
         [
-            f"out_dir={tmp_path / 'results'}",
-            f"work_dir={tmp_path / 'work'}",
-            f"prepare.root={sample_dir / 'ptb-xl'}",
-            f"prepare.out={tmp_path / 'cache'}",
+            *_on_sample(tmp_path, sample_dir),
             f"transfer.cpsc2018.prepare.root={sample_dir / 'cpsc2018'}",
             f"transfer.cpsc2018.prepare.out={tmp_path / 'cache-cpsc'}",
             "pretrain.train.epochs=2",
@@ -174,16 +181,28 @@ def test_transfer_from_a_fold_that_is_no_rotation_fails_before_training(
     cfg = load_benchmark_config(
         str(REPO / "configs" / "quickstart-benchmark.yaml"),
         [
-            f"out_dir={tmp_path / 'results'}",
-            f"work_dir={tmp_path / 'work'}",
-            f"prepare.root={sample_dir / 'ptb-xl'}",
-            f"prepare.out={tmp_path / 'cache'}",
+            *_on_sample(tmp_path, sample_dir),
             "transfer.cpsc2018.model_test_fold=7",  # the quick start tests fold 10 only
         ],
     )
     with pytest.raises(ConfigError, match=r"transfer\.cpsc2018\.model_test_fold 7 is not a rotation"):
         run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
     assert not (tmp_path / "work" / "models").exists()  # nothing was pretrained
+
+
+def test_reuse_only_refuses_to_build_a_missing_model(tmp_path: Path, sample_dir: Path) -> None:
+    """obtain_model(build=False), as the validation-fold scripts call it, never trains."""
+    from etp.benchmark import _prepare, obtain_model, rotations
+
+    cfg = load_benchmark_config(
+        str(REPO / "configs" / "quickstart-benchmark.yaml"), _on_sample(tmp_path, sample_dir)
+    )
+    prepared, _ = _prepare(cfg.prepare)
+    rot = rotations(cfg, prepared.meta["fold"].astype(int).unique().tolist())[0]
+    for method in ("etp", "random"):
+        with pytest.raises(DataError, match=rf"no saved {method} model with these settings"):
+            obtain_model(cfg, method, 0, rot, prepared, tmp_path / "work", build=False)
+    assert not (tmp_path / "work" / "models").exists()  # nothing was built
 
 
 def test_reuse_key_of_simclr_ignores_the_text_side() -> None:

@@ -287,11 +287,28 @@ def _hash(obj: Any) -> str:
 
 
 def obtain_model(
-    cfg: BenchmarkConfig, method: str, seed: int, rotation: Rotation, prepared: Any, work: Path
+    cfg: BenchmarkConfig,
+    method: str,
+    seed: int,
+    rotation: Rotation,
+    prepared: Any,
+    work: Path,
+    build: bool = True,
 ) -> Path:
-    """Model directory of (method, seed, rotation): reused when its config matches, else built."""
+    """Model directory of (method, seed, rotation): reused when its config matches, else built.
+
+    With ``build=False`` a missing or stale model is an error instead (scripts that only reuse
+    the benchmark's saved models, e.g. ``benchmarks/dev_validation.py``).
+    """
     run_dir = work / "models" / method / f"seed{seed}" / rotation.name
     marker = run_dir / "benchmark-run.json"
+
+    def refuse() -> None:
+        if not build:
+            raise DataError(
+                f"{run_dir}: no saved {method} model with these settings (seed {seed}, "
+                f"test fold {rotation.test}); run `etp benchmark` with this config first"
+            )
     if method == "random":
         model_cfg = pretrain_config(
             cfg, "etp", seed, rotation, str(run_dir), cache=str(prepared.path)
@@ -301,6 +318,7 @@ def obtain_model(
         defaults = {**key, "model": asdict(ModelConfig())}
         if _reusable(marker, key, model_dir, defaults):
             return model_dir
+        refuse()
         _random_model(model_cfg, seed, prepared, model_dir)
         atomic_write_json(marker, {"key": key, "model": str(model_dir)})
         return model_dir
@@ -317,6 +335,7 @@ def obtain_model(
     defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), method)}
     if _reusable(marker, key, chosen, defaults):
         return chosen
+    refuse()
     from etp.train.loop import pretrain
 
     t0 = time.perf_counter()
