@@ -8,7 +8,10 @@ is read: every figure comes from the rotations' *validation* folds, pooled over 
 so scoring it on the same records would flatter the more flexible setting; each validation fold
 is therefore cross-fitted: split in two stratified halves, the probe selects on one half and is
 scored on the other, and the other way round. Candidates: ``inits`` (1 = a single probe; N =
-N initialisations averaged, :class:`etp.eval.linear_probe.ProbeConfig`).
+N initialisations averaged, :class:`etp.eval.linear_probe.ProbeConfig`) and ``pooling`` (the
+encoder readout the probe reads: ``avg`` 512-d, ``avg+max`` 1024-d,
+:data:`etp.models.resnet1d.POOLINGS`; ``avg|avg+max``: the probe chooses on validation), every
+combination.
 
 ``zero-shot``: label-free ways of scoring ECGs against classes, which need no cross-fitting since
 they choose nothing on labels: every prompt variant of the config (report prototypes included;
@@ -24,6 +27,7 @@ One markdown file per part is written to ``benchmarks/results/`` with the comman
 machine.
 
     python benchmarks/dev_validation.py probe --methods etp --inits 1,3
+    python benchmarks/dev_validation.py probe --methods etp,simclr,random --inits 3 --pooling "avg,avg+max,avg|avg+max"
     python benchmarks/dev_validation.py zero-shot --more
 """
 
@@ -72,48 +76,64 @@ def _halves(y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def probe_part(args: argparse.Namespace) -> list[str]:
-    """Cross-fitted validation AUC / F1 of the probe for each ``inits`` candidate."""
+    """Cross-fitted validation AUC / F1 of the probe for each (pooling, inits) candidate."""
+    import itertools
+
     from etp.benchmark import _split_indices, obtain_model, probe_config
     from etp.eval.features import extract
-    from etp.eval.linear_probe import LinearProbe
+    from etp.eval.linear_probe import select_readout
     from etp.eval.metrics import classification_metrics
     from etp.models.etp import load_model_dir
 
     cfg, prepared, rots, classes, work = _setup(args.config)
-    inits = [int(i) for i in args.inits.split(",")]
+    candidates = list(
+        itertools.product(args.pooling.split(","), [int(i) for i in args.inits.split(",")])
+    )
+    readouts = list(dict.fromkeys(r for c, _ in candidates for r in c.split("|")))
     rows = []
     for method in args.methods.split(","):
         for seed in cfg.seeds:
-            pooled: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+            pooled: dict[tuple[str, int], tuple[list[np.ndarray], list[np.ndarray]]] = {}
             for rot in rots:
                 model = load_model_dir(obtain_model(cfg, method, seed, rot, prepared, work, build=False))
                 split = _split_indices(prepared, rot)
                 y = {s: prepared.label_index(split[s]) for s in ("train", "val")}
-                f = {
-                    s: extract(model, prepared, split[s], "features", bf16=True,
-                               cache_dir=work / "features")
-                    for s in ("train", "val")
-                }
                 half = _halves(y["val"], rot.test)
-                for n in inits:
+                f = {
+                    r: {
+                        s: extract(model, prepared, split[s], "features", bf16=True,
+                                   cache_dir=work / "features", pooling=r)
+                        for s in ("train", "val")
+                    }
+                    for r in readouts
+                }
+                for cand, n in candidates:
+                    section = dataclasses.replace(cfg.probe, inits=n)
                     for sel in (half, ~half):
-                        section = dataclasses.replace(cfg.probe, inits=n)
-                        probe = LinearProbe(classes, probe_config(section, 1.0, seed))
-                        probe.select(f["train"], y["train"], f["val"][sel], y["val"][sel])
-                        ys, ps = pooled.setdefault(n, ([], []))
+                        chosen, probe = select_readout(
+                            classes,
+                            probe_config(section, 1.0, seed),
+                            {r: (f[r]["train"], f[r]["val"][sel]) for r in cand.split("|")},
+                            y["train"],
+                            y["val"][sel],
+                        )
+                        ys, ps = pooled.setdefault((cand, n), ([], []))
                         ys.append(y["val"][~sel])
-                        ps.append(probe.predict_proba(f["val"][~sel]))
-            for n in inits:
-                ys, ps = pooled[n]
+                        ps.append(probe.predict_proba(f[chosen]["val"][~sel]))
+            for cand, n in candidates:
+                ys, ps = pooled[(cand, n)]
                 m = classification_metrics(np.concatenate(ys), np.concatenate(ps), classes, warn=False)
-                rows.append([method, str(seed), str(n), f"{100 * m['auc']:.1f}", f"{100 * m['f1']:.1f}"])
+                rows.append([method, str(seed), cand.replace("|", " or "), str(n),
+                             f"{100 * m['auc']:.1f}", f"{100 * m['f1']:.1f}"])
                 print(" | ".join(rows[-1]), flush=True)
     lines = [
         "Cross-fitted validation (each rotation's validation fold split in two stratified halves; "
-        "the probe selects on one and is scored on the other, both ways), pooled over rotations.",
+        "the probe selects on one and is scored on the other, both ways), pooled over rotations. "
+        "pooling `a or b`: the probe chooses the readout on its selection half "
+        "(etp.eval.linear_probe.select_readout), as the benchmark does with `probe.pooling: [a, b]`.",
         "",
-        "| method | seed | inits | val AUC | val F1 |",
-        "|---|---|---|---|---|",
+        "| method | seed | pooling | inits | val AUC | val F1 |",
+        "|---|---|---|---|---|---|",
         *["| " + " | ".join(r) + " |" for r in rows],
     ]
     return lines
@@ -241,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/benchmark-ptbxl.yaml", help="benchmark config")
     ap.add_argument("--methods", default="etp", help="probe: comma-separated methods")
     ap.add_argument("--inits", default="1,3", help="probe: comma-separated inits candidates")
+    ap.add_argument(
+        "--pooling", default="avg", help="probe: comma-separated readout candidates (avg, avg+max; a|b = chosen on validation)"
+    )
     ap.add_argument(
         "--more", action="store_true", help="zero-shot: also score more report-prototype variants"
     )

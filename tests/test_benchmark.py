@@ -38,6 +38,8 @@ def test_shipped_configs_are_valid() -> None:
         ("model_choice=first", "model_choice"),
         ("probe.label_fractions=[0.0]", "label_fractions"),
         ("probe.inits=0", r"probe\.inits: 0 must be >= 1"),
+        ("probe.pooling=[max]", r"probe\.pooling: \['max'\] must list distinct readouts"),
+        ("probe.pooling=[avg,avg]", r"probe\.pooling: .* must list distinct readouts"),
         ("pretrain.train.epochz=3", r"unknown config key\(s\): pretrain\.train\.epochz"),
         ("pretrain.train.epochs=abc", "expected an integer"),
         ("zero_shot=[{name: a}, {name: a}]", "unique"),
@@ -123,6 +125,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
             "probe.max_epochs=5",
             "probe.weight_decays=[0.0]",
             "probe.inits=2",
+            "probe.pooling=[avg,avg+max]",
             "bootstrap=20",
         ],
     )
@@ -132,6 +135,8 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
     assert "ETP (paper)" in md and "83.5" in md
     assert "2 initialisations, each so selected, weights averaged" in md
+    assert "encoder readout chosen on validation among avg, avg+max" in md
+    assert "Encoder readout chosen on validation by the probe fits (ptbxl, 100 % of the labels): ETP" in md
     assert "## Table 2 — zero-shot, ptbxl, shipped prompt variant, fixed for every rotation (`en via reports`)" in md
     assert "## Table 2 — zero-shot, ptbxl, prompt variant chosen on each rotation's validation fold" in md
     chosen = results["ptbxl"]["selection"]["etp"]["1.0"][0]

@@ -31,3 +31,18 @@ def test_channels_last_fast_path_matches_the_encoder() -> None:
     with pytest.raises(_DataError, match=r"expects a batch of shape \(B, 12, L\)"):
         enc(torch.randn(2, 5, 100))
     assert not enable_channels_last(torch.nn.Linear(2, 2))
+
+
+def test_channels_last_fast_path_reads_out_avg_max() -> None:
+    import copy
+
+    from etp.models.resnet1d import ResNet1d18
+
+    torch.manual_seed(0)
+    enc = ResNet1d18().eval()
+    ref = copy.deepcopy(enc)
+    assert enable_channels_last(enc)
+    x = torch.randn(2, 12, 300)
+    with torch.no_grad():
+        a, b = ref(x, "avg+max"), enc(x, "avg+max")
+    assert b.shape == (2, 1024) and torch.allclose(a, b, rtol=1e-4, atol=1e-5)

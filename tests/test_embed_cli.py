@@ -80,6 +80,16 @@ def test_ecg_embeddings_equal_the_cached_inputs(model_dir, cache, tmp_path, caps
     cos = float(got[0] @ f32[0] / np.linalg.norm(got[0]) / np.linalg.norm(f32[0]))
     assert cos > 0.99  # bf16 close to fp32
 
+    rc, stdout, err = _run(
+        capsys, "--model", str(model_dir), "--features", "--pooling", "avg+max", files[0],
+        "--out", str(feats),
+    )
+    assert rc == 0, err
+    assert "1 features of dimension 1024" in stdout
+    wide = np.load(feats)
+    assert wide.shape == (1, 1024) and np.allclose(wide[:, :512], f32, atol=1e-4)
+    assert np.allclose(wide, loaded.features(cache.get_batch(rows[:1]), pooling="avg+max"), atol=1e-4)
+
 
 def test_texts_and_csv(model_dir, tmp_path, capsys) -> None:
     from etp.models.etp import load_model_dir
@@ -141,6 +151,8 @@ def test_bad_inputs(model_dir, tmp_path, capsys) -> None:
         capsys, *m, "--features", rec, "--text", "x", "--out", str(tmp_path / "x.npy")
     )
     assert rc == 2 and "--features" in err
+    rc, _, err = _run(capsys, *m, "--pooling", "avg+max", rec, "--out", str(tmp_path / "x.npy"))
+    assert rc == 2 and "--pooling avg+max" in err and "--features" in err
     short = tmp_path / "short.npy"
     np.save(short, np.zeros((12, 300), np.float32))
     rc, _, err = _run(capsys, *m, "--fs", "100", str(short), "--out", str(tmp_path / "x.npy"))

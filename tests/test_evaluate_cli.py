@@ -103,11 +103,14 @@ def test_markdown_tables_and_fractions(setup, capsys) -> None:
         "2x0.8",
         "--probe-inits",
         "2",
+        "--probe-pooling",
+        "avg,avg+max",
     )
     assert rc == 0, err
     assert "Test-time views: 2x0.8" in out
     assert "## Linear probe — 10% of the training labels" in out
     assert "## Linear probe — 100% of the training labels" in out
+    assert "(chosen on validation among avg, avg+max)" in out
     assert "Zero-shot" not in out and "Retrieval" not in out
 
 
@@ -130,6 +133,8 @@ def test_simclr_model_and_bad_arguments(setup, tmp_path, capsys) -> None:
     assert rc == 2 and "label-fractions" in err
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-inits", "0")
     assert rc == 2 and "--probe-inits" in err
+    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-pooling", "max")
+    assert rc == 2 and "--probe-pooling" in err and "'max'" in err
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--plots")
     assert rc == 2 and "--out" in err
 

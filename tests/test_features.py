@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from etp.config import ModelConfig
-from etp.eval.features import embed_arrays, extract, model_fingerprint, run_batches
+from etp.errors import ConfigError
+from etp.eval.features import cache_key, embed_arrays, extract, model_fingerprint, run_batches
 from etp.models.etp import ETPModel
 
 
@@ -76,3 +77,23 @@ def test_cache_is_keyed_by_model_data_and_indices(model: ETPModel, tmp_path) -> 
     with torch.no_grad():
         next(other.ecg_head.parameters()).add_(1.0)
     assert model_fingerprint(other) != model_fingerprint(model)  # new weights, new cache key
+
+
+def test_avg_max_pooling_is_its_own_readout_and_cache_entry(model: ETPModel, tmp_path) -> None:
+    data = FakePrepared()
+    idx = np.arange(6)
+    model.eval()
+    with torch.no_grad():
+        want = model.features(torch.from_numpy(data.signals[idx]), "avg+max").numpy()
+    got = extract(model, data, idx, kind="features", cache_dir=tmp_path, pooling="avg+max")
+    assert got.shape == (6, 1024) and np.allclose(got, want, atol=1e-4)
+    avg = extract(model, data, idx, kind="features", cache_dir=tmp_path)
+    assert np.allclose(got[:, :512], avg, atol=1e-5)
+    assert len(list(tmp_path.glob("features-*.npy"))) == 2  # one cache file per readout
+    # average pooling keeps the cache keys written before the readouts existed
+    args = ("m", "features", "d", idx, True, "3x0.75")
+    assert cache_key(*args) == cache_key(*args, "avg") != cache_key(*args, "avg+max")
+    with pytest.raises(ConfigError, match="not 'embedding'"):
+        extract(model, data, idx, kind="embedding", pooling="avg+max")
+    with pytest.raises(ConfigError, match="unknown feature pooling"):
+        extract(model, data, idx, kind="features", pooling="sum")

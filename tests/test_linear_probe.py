@@ -144,3 +144,32 @@ def test_inits_average_the_selected_probes_into_one_linear_layer() -> None:
     assert res.to_dict()["selection"]["best_epochs"] == sel.best_epochs
     with pytest.raises(ValueError, match="inits"):
         ProbeConfig(inits=0)
+
+
+def test_select_readout_keeps_the_readout_best_on_validation() -> None:
+    """Two readouts of the same records: the informative one wins on validation alone."""
+    from etp.eval.linear_probe import select_readout
+
+    rng = np.random.default_rng(3)
+    y_tr, y_va = rng.integers(0, 3, 120), rng.integers(0, 3, 60)
+
+    def informative(y: np.ndarray) -> np.ndarray:
+        return np.eye(3)[y] * 3 + rng.normal(size=(len(y), 3))
+
+    noise = {"noise": (rng.normal(size=(120, 3)), rng.normal(size=(60, 3)))}
+    signal = {"signal": (informative(y_tr), informative(y_va))}
+    cfg = ProbeConfig(seed=1, max_epochs=30, weight_decays=(0.0,))
+    name, probe = select_readout(["A", "B", "C"], cfg, {**noise, **signal}, y_tr, y_va)
+    assert name == "signal" and probe.selection is not None
+    assert probe.selection.readout == "signal"
+    scores = probe.selection.readout_scores
+    assert set(scores) == {"noise", "signal"} and scores["signal"] > scores["noise"]
+    # one readout: the probe of LinearProbe.select itself
+    single, alone = select_readout(["A", "B", "C"], cfg, signal, y_tr, y_va)
+    plain = LinearProbe(["A", "B", "C"], cfg)
+    plain.select(*signal["signal"][:1], y_tr, signal["signal"][1], y_va)
+    x_te = informative(y_va)
+    assert single == "signal" and np.allclose(alone.predict_proba(x_te), plain.predict_proba(x_te))
+    assert alone.evaluate_test(x_te, y_va).to_dict()["selection"]["readout"] == "signal"
+    with pytest.raises(ValueError, match="at least one readout"):
+        select_readout(["A", "B", "C"], cfg, {}, y_tr, y_va)

@@ -78,3 +78,23 @@ def test_zero_init_residual() -> None:
     assert all(float(b.bn2.weight.detach().abs().sum()) == 0 for b in net.modules()
                if isinstance(b, BasicBlock1d))
     assert float(ResNet1d18().layer1[0].bn2.weight.detach().sum()) == 64.0
+
+
+def test_avg_max_readout_concatenates_average_and_maximum(net: ResNet1d18) -> None:
+    """'avg+max': the pretrained 512-d average followed by the maximum over time of layer 4."""
+    from etp.errors import ConfigError
+
+    x = torch.randn(3, 12, 1000)
+    seen: dict[str, torch.Tensor] = {}
+    hook = net.layer4.register_forward_hook(lambda m, i, o: seen.__setitem__("map", o))
+    try:
+        with torch.no_grad():
+            both = net(x, "avg+max")
+            avg = net(x)
+    finally:
+        hook.remove()
+    assert both.shape == (3, 1024) and net.feature_dim("avg+max") == 1024
+    assert torch.equal(both[:, :512], avg)
+    assert torch.allclose(both[:, 512:], seen["map"].amax(-1))
+    with pytest.raises(ConfigError, match="unknown feature pooling 'max'"):
+        net(x, "max")

@@ -81,6 +81,12 @@ class ProbeSection:
     inits: int = _f(
         1, "independently initialised probes, each selected on validation, weights averaged"
     )
+    pooling: list[str] = _f(
+        ["avg"],
+        "readouts of the frozen encoder the probe may read, chosen per fit on validation like the "
+        "weight decay: 'avg' (the 512-d pretrained output), 'avg+max' (average and maximum over "
+        "time, 1024-d)",
+    )
 
 
 @dataclass
@@ -181,6 +187,7 @@ def validate(cfg: BenchmarkConfig) -> None:
     if not cfg.rotate_folds and cfg.test_fold == cfg.val_fold:
         raise ConfigError("test_fold and val_fold must differ")
     from etp.eval.linear_probe import SELECT_BY
+    from etp.models.resnet1d import POOLINGS
 
     if cfg.probe.select_by not in SELECT_BY:
         raise ConfigError(
@@ -188,6 +195,13 @@ def validate(cfg: BenchmarkConfig) -> None:
         )
     if int(cfg.probe.inits) < 1:
         raise ConfigError(f"probe.inits: {cfg.probe.inits} must be >= 1")
+    if isinstance(cfg.probe.pooling, str):  # one readout given as a plain value
+        cfg.probe.pooling = [cfg.probe.pooling]
+    bad = [p for p in cfg.probe.pooling if p not in POOLINGS]
+    if bad or not cfg.probe.pooling or len(set(cfg.probe.pooling)) != len(cfg.probe.pooling):
+        raise ConfigError(
+            f"probe.pooling: {cfg.probe.pooling!r} must list distinct readouts of {list(POOLINGS)}"
+        )
     for frac in cfg.probe.label_fractions:
         if not 0 < frac <= 1:
             raise ConfigError(f"probe.label_fractions: {frac} is not in (0, 1]")
@@ -537,7 +551,7 @@ def evaluate_model(
     variants with ``via_reports``; by default the training split's reports of ``prepared``.
     """
     from etp.eval.features import extract
-    from etp.eval.linear_probe import LinearProbe
+    from etp.eval.linear_probe import select_readout
     from etp.eval.zero_shot import (
         PromptOptions,
         ReportGallery,
@@ -561,14 +575,25 @@ def evaluate_model(
 
     if do_probe:
         feats = {
-            s: extract(model, prepared, i, "features", bf16=bf16, cache_dir=feat_dir)
-            for s, i in split.items()
+            pooling: {
+                s: extract(
+                    model, prepared, i, "features", bf16=bf16, cache_dir=feat_dir, pooling=pooling
+                )
+                for s, i in split.items()
+            }
+            for pooling in cfg.probe.pooling
         }
         for frac in cfg.probe.label_fractions:
-            # the probe standardises with the whole training split, then draws the fraction
-            probe = LinearProbe(classes, probe_config(cfg.probe, frac, seed))
-            probe.select(feats["train"], y["train"], feats["val"], y["val"])
-            res = probe.evaluate_test(feats["test"], y["test"])  # the one look at test
+            # the probe standardises with the whole training split, then draws the fraction;
+            # with several readouts, the one whose probe does best on validation is kept
+            chosen, probe = select_readout(
+                classes,
+                probe_config(cfg.probe, frac, seed),
+                {k: (f["train"], f["val"]) for k, f in feats.items()},
+                y["train"],
+                y["val"],
+            )
+            res = probe.evaluate_test(feats[chosen]["test"], y["test"])  # the one look at test
             out.probe[frac] = res.test_probabilities
             # what was chosen, without the per-epoch validation curves (MBs over a benchmark)
             selection = res.to_dict()["selection"]
@@ -1039,6 +1064,12 @@ def render_markdown(
             f"; {cfg.probe.inits} initialisations, each so selected, weights averaged"
             if cfg.probe.inits > 1
             else ""
+        )
+        + (
+            f"; encoder readout chosen on validation among {', '.join(cfg.probe.pooling)} "
+            "(avg: the 512-d average over time; avg+max: average and maximum, 1024-d)"
+            if len(cfg.probe.pooling) > 1
+            else f"; encoder readout {cfg.probe.pooling[0]}"
         ),
         f"- wall time: {results.get('seconds', {}).get('total', 0) / 60:.1f} min",
         "",
@@ -1109,6 +1140,20 @@ def render_markdown(
                         + "; ".join(f"{float(f) * 100:g} %: {sizes[f]}" for f in fracs if f in sizes)
                         + "."
                         + _same_draw_note(sizes, fracs),
+                        "",
+                    ]
+            if len(cfg.probe.pooling) > 1 and lp_all and full is not None:
+                counts = _readout_counts(results.get(ds, {}).get("selection", {}), str(full))
+                if counts:
+                    lines += [
+                        f"Encoder readout chosen on validation by the probe fits ({ds}, "
+                        f"{float(full) * 100:g} % of the labels): "
+                        + "; ".join(
+                            f"{method_label(m)} "
+                            + ", ".join(f"{k} {n}" for k, n in sorted(c.items()))
+                            for m, c in counts.items()
+                        )
+                        + ".",
                         "",
                     ]
     lines += _comparison_lines(results, datasets)
@@ -1192,6 +1237,19 @@ def _fraction_sizes(
         )
         if n:
             out[f] = str(n[0]) if n[0] == n[-1] else f"{n[0]}–{n[-1]}"
+    return out
+
+
+def _readout_counts(
+    selection: Mapping[str, Mapping[str, list[Any]]], frac: str
+) -> dict[str, dict[str, int]]:
+    """Method -> {readout: how many probe fits (rotations x seeds) chose it} at ``frac``."""
+    out: dict[str, dict[str, int]] = {}
+    for method, per_frac in selection.items():
+        for sel in per_frac.get(frac, []):
+            if isinstance(sel, Mapping) and sel.get("readout"):
+                counts = out.setdefault(method, {})
+                counts[sel["readout"]] = counts.get(sel["readout"], 0) + 1
     return out
 
 

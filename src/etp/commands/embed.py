@@ -52,6 +52,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         action="store_true",
         help="write the encoder's 512-d features instead of the shared-space embeddings",
     )
+    p.add_argument(
+        "--pooling",
+        choices=("avg", "avg+max"),
+        default="avg",
+        help="with --features: avg (default, 512-d) or avg+max (average and maximum over time, "
+        "1024-d; the readout the benchmark's linear probe uses)",
+    )
     p.add_argument("--fs", type=float, metavar="HZ", help="sampling rate of .npy files")
     p.add_argument(
         "--pad",
@@ -133,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             "--features applies to ECGs only (texts have no encoder features); "
             "embed the texts in a separate call without --features"
         )
+    if args.pooling != "avg" and not args.features:
+        raise ConfigError(f"--pooling {args.pooling} reads out encoder features: add --features")
     loaded = load_model_dir(args.model, device=args.device)
     apply_views(loaded, args)
     parts: list[np.ndarray] = []
@@ -140,7 +149,11 @@ def run(args: argparse.Namespace) -> int:
         pcfg = model_preprocess_config(loaded)
         x = read_ecg_files(files, pcfg, fs=args.fs, pad=args.pad)
         kind = "features" if args.features else "embedding"
-        parts.append(embed_arrays(loaded, x, kind, batch_size=args.batch_size, bf16=args.bf16))
+        parts.append(
+            embed_arrays(
+                loaded, x, kind, batch_size=args.batch_size, bf16=args.bf16, pooling=args.pooling
+            )
+        )
     if texts:
         if not loaded.has_text:
             from etp.errors import ModelError

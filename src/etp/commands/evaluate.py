@@ -52,6 +52,8 @@ class EvalOptions:
     prompt_variants: dict[str, Any] = field(default_factory=dict)  # name -> PromptOptions
     prompt_table: str | None = None
     probe: Any = None  # ProbeConfig (label_fraction is overridden by label_fractions)
+    #: encoder readouts the probe chooses among on validation (etp.models.resnet1d.POOLINGS)
+    probe_pooling: tuple[str, ...] = ("avg",)
     label_fractions: tuple[float, ...] = (1.0,)
     bootstrap: int = 1000
     seed: int = 0
@@ -99,7 +101,7 @@ def evaluate_model(
         opts: what to run.
     """
     from etp.eval.features import extract, model_fingerprint
-    from etp.eval.linear_probe import LinearProbe, ProbeConfig
+    from etp.eval.linear_probe import ProbeConfig, select_readout
     from etp.eval.metrics import bootstrap_ci, classification_metrics, zero_shot_metrics
     from etp.eval.retrieval import evaluate_retrieval
     from etp.eval.zero_shot import (
@@ -199,17 +201,23 @@ def evaluate_model(
                 raise DataError(
                     f"{where}: the {name} split has no single-label record for the probe"
                 )
-        x_tr = extract(loaded, prepared, tr_idx, kind="features", **kw)
-        x_va = extract(loaded, prepared, va_idx, kind="features", **kw)
-        x_te = extract(loaded, prepared, cls_idx, kind="features", **kw)
-        arrays["test_features"] = x_te
         base = opts.probe or ProbeConfig(seed=opts.seed)
+        feats = {
+            pooling: [
+                extract(loaded, prepared, idx, kind="features", **kw, pooling=pooling)
+                for idx in (tr_idx, va_idx, cls_idx)
+            ]
+            for pooling in opts.probe_pooling
+        }
+        arrays["test_features"] = feats[opts.probe_pooling[0]][2]
         results["linear_probe"] = {}
         for frac in opts.label_fractions:
             cfg = ProbeConfig(**{**base.__dict__, "label_fraction": float(frac)})
-            probe = LinearProbe(classes, cfg)
-            probe.select(x_tr, y_tr, x_va, y_va)  # train + validation only
-            res = probe.evaluate_test(x_te, y_test)  # the single look at the test split
+            # train + validation only (and the readout, when several, chosen on validation)
+            chosen, probe = select_readout(
+                classes, cfg, {k: (f[0], f[1]) for k, f in feats.items()}, y_tr, y_va
+            )
+            res = probe.evaluate_test(feats[chosen][2], y_test)  # the single look at the test split
             entry = res.to_dict()
             if opts.bootstrap > 0:
                 entry["ci"] = bootstrap_ci(
@@ -299,7 +307,13 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
             f"{sel['best_epoch']} (by validation {_CRITERION[sel.get('select_by', 'auc')]}), val AUC "
             f"{100 * sel['val_auc']:.1f}, val cross-entropy {sel.get('val_loss', math.nan):.3f}; "
             f"{sel['n_train']} training "
-            f"records; accuracy {100 * lp['test']['acc']:.1f}.",
+            f"records; accuracy {100 * lp['test']['acc']:.1f}."
+            + (
+                f" Encoder readout {sel['readout']} (chosen on validation among "
+                f"{', '.join(sel['readout_scores'])})."
+                if len(sel.get("readout_scores") or {}) > 1
+                else ""
+            ),
             "",
         ]
         out.append(per_class_table(m, columns=("auc", "f1")))
@@ -427,6 +441,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "averaged into one linear classifier (default 1, the paper's single probe)",
     )
     p.add_argument(
+        "--probe-pooling",
+        default="avg",
+        metavar="R[,R]",
+        help="readout(s) of the frozen encoder for the probe: avg (default, the 512-d pretrained "
+        "output), avg+max (average and maximum over time, 1024-d), or both comma-separated to "
+        "choose per fit on validation",
+    )
+    p.add_argument(
         "--bootstrap",
         type=int,
         default=1000,
@@ -455,6 +477,18 @@ def _fractions(text: str) -> tuple[float, ...]:
         ) from None
     if not values or any(not 0 < v <= 1 for v in values):
         raise ConfigError(f"--label-fractions: each fraction must be in (0, 1], got {text!r}")
+    return values
+
+
+def _poolings(text: str) -> tuple[str, ...]:
+    from etp.models.resnet1d import POOLINGS
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values or len(set(values)) != len(values) or any(v not in POOLINGS for v in values):
+        raise ConfigError(
+            f"--probe-pooling: distinct readouts of {', '.join(POOLINGS)}, comma-separated; "
+            f"got {text!r}"
+        )
     return values
 
 
@@ -500,6 +534,7 @@ def run(args: argparse.Namespace) -> int:
             "--probe-inits >= 1"
         )
     fractions = _fractions(args.label_fractions)
+    poolings = _poolings(args.probe_pooling)
     popts = prompt_options(args)
     prepared = load_prepared(args.cache)
     loaded = load_model_dir(args.model, device=args.device)
@@ -519,6 +554,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=str(loaded.device),
         ),
+        probe_pooling=poolings,
         label_fractions=fractions,
         bootstrap=args.bootstrap,
         seed=args.seed,

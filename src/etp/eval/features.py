@@ -15,15 +15,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from pathlib import Path
 from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from etp.data.views import Views, pooled
+from etp.errors import ConfigError
 from etp.io import atomic_path
+from etp.models.resnet1d import check_pooling
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +93,18 @@ def run_batches(
     kind: Kind = "embedding",
     bf16: bool = False,
     views: Views | None = None,
+    pooling: str = "avg",
 ) -> np.ndarray:
     """Apply the model to numpy batches (B, 12, L); concatenated float32 outputs (n, D).
 
-    ``kind="features"``: encoder features; ``"embedding"``: normalised ECG embeddings; either
+    ``kind="features"``: encoder features (read out by ``pooling``,
+    :data:`etp.models.resnet1d.POOLINGS`); ``"embedding"``: normalised ECG embeddings; either
     averaged over ``views`` (default: the model's, :func:`views_of`).
     """
     views = views_of(model, views)
+    _check_readout(kind, pooling)
     module = inference_module(model, bf16)
-    fn = module.features if kind == "features" else module.embed_ecg
+    fn = partial(module.features, pooling=pooling) if kind == "features" else module.embed_ecg
     device = _device_of(module)
     dtype = torch.bfloat16 if bf16 else torch.float32
     was_training = module.training
@@ -124,23 +130,37 @@ def embed_arrays(
     batch_size: int = 256,
     bf16: bool = False,
     views: Views | None = None,
+    pooling: str = "avg",
 ) -> np.ndarray:
     """:func:`run_batches` over an in-memory array (n, 12, L)."""
     if len(x) == 0:
         raise ValueError("no records to run the model on")
-    return run_batches(
-        model, (x[i : i + batch_size] for i in range(0, len(x), batch_size)), kind, bf16, views
-    )
+    batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    return run_batches(model, batches, kind, bf16, views, pooling)
+
+
+def _check_readout(kind: str, pooling: str) -> None:
+    check_pooling(pooling)
+    if kind != "features" and pooling != "avg":
+        raise ConfigError(f"pooling {pooling!r} reads out encoder features, not {kind!r}s")
 
 
 def cache_key(
-    model_fp: str, kind: str, data_fp: str, indices: np.ndarray, bf16: bool, views: str = "1"
+    model_fp: str,
+    kind: str,
+    data_fp: str,
+    indices: np.ndarray,
+    bf16: bool,
+    views: str = "1",
+    pooling: str = "avg",
 ) -> str:
     """Hash that names a cached feature file."""
     h = hashlib.sha256()
     h.update(f"{model_fp}|{kind}|{data_fp}|bf16={bf16}|".encode())
     if views != "1":  # the record as it is keeps the keys of caches written before views
         h.update(f"views={views}|".encode())
+    if pooling != "avg":  # as do average-pooled features (written before the readouts)
+        h.update(f"pooling={pooling}|".encode())
     h.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     return h.hexdigest()[:24]
 
@@ -154,6 +174,7 @@ def extract(
     bf16: bool = False,
     cache_dir: str | Path | None = None,
     views: Views | None = None,
+    pooling: str = "avg",
 ) -> np.ndarray:
     """Features or embeddings (n, D) float32 of ``prepared``'s records ``indices`` (all if None).
 
@@ -166,15 +187,19 @@ def extract(
         bf16: bfloat16 autocast (CPU or GPU).
         cache_dir: where to keep ``<kind>-<key>.npy`` (None: no caching).
         views: test-time views averaged per record (default: the model's, :func:`views_of`).
+        pooling: readout of the encoder's feature map for ``kind="features"``
+            (:data:`etp.models.resnet1d.POOLINGS`: ``"avg"`` 512-d, ``"avg+max"`` 1024-d).
     """
     views = views_of(model, views)
     if kind not in ("features", "embedding"):
         raise ValueError(f"kind must be 'features' or 'embedding', got {kind!r}")
+    _check_readout(kind, pooling)
     idx = np.arange(len(prepared)) if indices is None else np.asarray(indices, dtype=np.int64)
     path: Path | None = None
     if cache_dir is not None:
         key = cache_key(
-            model_fingerprint(model), kind, str(prepared.fingerprint), idx, bf16, str(views)
+            model_fingerprint(model), kind, str(prepared.fingerprint), idx, bf16, str(views),
+            pooling,
         )
         path = Path(cache_dir) / f"{kind}-{key}.npy"
         if path.is_file():
@@ -188,7 +213,7 @@ def extract(
     if idx.size == 0:
         raise ValueError("no records selected")
     batches = (prepared.get_batch(idx[i : i + batch_size]) for i in range(0, idx.size, batch_size))
-    out = run_batches(model, batches, kind=kind, bf16=bf16, views=views)
+    out = run_batches(model, batches, kind=kind, bf16=bf16, views=views, pooling=pooling)
     if path is not None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:

@@ -29,7 +29,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -113,6 +113,10 @@ class ProbeSelection:
     #: then hold their medians
     weight_decays: list[float] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
+    #: with :func:`select_readout`: the chosen feature readout and each candidate's validation
+    #: score (minus the cross-entropy, or the macro AUC, as ``select_by``)
+    readout: str | None = None
+    readout_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,6 +145,8 @@ class ProbeResult:
                 "weight_decays": sel.weight_decays,
                 "best_epochs": sel.best_epochs,
                 "n_train": sel.n_train,
+                "readout": sel.readout,
+                "readout_scores": sel.readout_scores,
                 "history": sel.history,
             },
             "val": self.val_metrics,
@@ -348,3 +354,33 @@ def run_linear_probe(
     probe = LinearProbe(classes, config)
     probe.select(x_train, y_train, x_val, y_val)
     return probe.evaluate_test(x_test, y_test)
+
+
+def select_readout(
+    classes: Sequence[str],
+    config: ProbeConfig,
+    readouts: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+) -> tuple[str, LinearProbe]:
+    """Choose among feature readouts of one encoder (name -> (train, validation) features) on
+    validation, like the weight decay: one probe per readout, each selected as usual, and the
+    readout whose probe has the best validation criterion (``config.select_by``) wins; ties go to
+    the first. Returns its name and its selected probe (test it with its own test features)."""
+    if not readouts:
+        raise ValueError("select_readout needs at least one readout")
+    best: tuple[float, str, LinearProbe] | None = None
+    scores: dict[str, float] = {}
+    for name, (x_train, x_val) in readouts.items():
+        probe = LinearProbe(classes, config)
+        sel = probe.select(x_train, y_train, x_val, y_val)
+        score = -sel.val_loss if config.select_by == "loss" else _val_score(sel.val_metrics)
+        scores[name] = float(score)
+        if best is None or score > best[0]:
+            best = (score, name, probe)
+    assert best is not None
+    _, name, probe = best
+    assert probe.selection is not None
+    probe.selection.readout = name
+    probe.selection.readout_scores = scores
+    return name, probe

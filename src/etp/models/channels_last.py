@@ -71,17 +71,20 @@ def _run_2d(m: nn.Module, x: Tensor) -> Tensor:
     raise NotImplementedError(f"no 2-D channels-last rule for {type(m).__name__}")
 
 
-def resnet1d_forward_channels_last(encoder: nn.Module, x: Tensor) -> Tensor:
-    """ResNet1d18's forward computed with 2-D channels-last convolutions: (B, C, L) -> (B, 512)."""
+def resnet1d_forward_channels_last(encoder: nn.Module, x: Tensor, pooling: str = "avg") -> Tensor:
+    """ResNet1d18's forward computed with 2-D channels-last convolutions: (B, C, L) -> (B, 512)
+    (or the wider ``pooling`` readout, :func:`etp.models.resnet1d.global_pool`)."""
+    from etp.models.resnet1d import global_pool
+
     if x.dim() != 3 or x.shape[1] != encoder.in_leads:
-        return type(encoder).forward(encoder, x)  # the module's own checks and error message
+        return type(encoder).forward(encoder, x, pooling)  # the module's own checks and error
     h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
     h = _run_2d(encoder.maxpool, _run_2d(encoder.relu, _run_2d(encoder.bn1, _run_2d(encoder.conv1, h))))
     for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
         h = _run_2d(layer, h)
     if not (isinstance(encoder.pool, nn.AdaptiveAvgPool1d) and encoder.pool.output_size in (1, (1,))):
         raise NotImplementedError("only global average pooling")
-    return h.mean(dim=(2, 3))
+    return h.mean(dim=(2, 3)) if pooling == "avg" else global_pool(h, pooling)
 
 
 def _close(a: Tensor, b: Tensor, tol: float = 1e-4) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +30,7 @@ from etp.config import ModelConfig, from_dict, to_dict
 from etp.data.views import model_views, pooled
 from etp.errors import ConfigError, DataError, ModelError
 from etp.models.heads import ProjectionHead
-from etp.models.resnet1d import ResNet1d18
+from etp.models.resnet1d import ResNet1d18, check_pooling
 
 METHODS = ("etp", "simclr", "random")
 ENCODERS: dict[str, type[nn.Module]] = {"resnet18_1d": ResNet1d18}
@@ -79,9 +80,10 @@ class ETPModel(nn.Module):
         """Dimension of the encoder features (512 for ResNet18-1D)."""
         return int(self.encoder.out_dim)
 
-    def features(self, x: Tensor) -> Tensor:
-        """Encoder features ``(B, leads, L) -> (B, 512)`` (before the head)."""
-        return self.encoder(x)
+    def features(self, x: Tensor, pooling: str = "avg") -> Tensor:
+        """Encoder features ``(B, leads, L) -> (B, 512)`` (before the head); ``pooling="avg+max"``
+        reads the feature map out as 1024-d (:data:`etp.models.resnet1d.POOLINGS`)."""
+        return self.encoder(x) if pooling == "avg" else self.encoder(x, pooling)
 
     def embed_ecg(self, x: Tensor) -> Tensor:
         """L2-normalised ECG embeddings ``(B, embed_dim)``."""
@@ -327,7 +329,8 @@ class LoadedModel:
 
     @torch.no_grad()
     def _run(
-        self, x: Any, fn: Any, batch_size: int, precision: str, embedding: bool
+        self, x: Any, fn: Any, batch_size: int, precision: str, embedding: bool,
+        pooling: str = "avg",
     ) -> np.ndarray:
         x = self._check_ecg(x)
         if precision not in ("fp32", "bf16"):
@@ -344,14 +347,18 @@ class LoadedModel:
                 out = pooled(fn, xb, self.views, normalise=embedding)
             outs.append(out.float().cpu().numpy())
         if not outs:
-            width = self.embed_dim if embedding else self.model.feature_dim
+            width = self.embed_dim if embedding else self.model.encoder.feature_dim(pooling)
             return np.zeros((0, width), np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    def features(self, x: Any, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
+    def features(
+        self, x: Any, batch_size: int = 256, precision: str = "fp32", pooling: str = "avg"
+    ) -> np.ndarray:
         """Encoder features ``(B, leads, L) -> (B, 512)`` float32 (for linear probes), averaged
-        over :attr:`views`."""
-        return self._run(x, self.model.features, batch_size, precision, embedding=False)
+        over :attr:`views`; ``pooling="avg+max"``: 1024-d (:data:`etp.models.resnet1d.POOLINGS`)."""
+        check_pooling(pooling)
+        fn = partial(self.model.features, pooling=pooling)
+        return self._run(x, fn, batch_size, precision, embedding=False, pooling=pooling)
 
     def embed_ecg(self, x: Any, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
         """L2-normalised ECG embeddings ``(B, leads, L) -> (B, embed_dim)`` float32, averaged

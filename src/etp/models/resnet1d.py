@@ -4,6 +4,12 @@ Stem: conv1d k=7 s=2 p=3 (leads -> 64) + BN + ReLU + max-pool k=3 s=2; four stag
 basic blocks (k=3) with 64/128/256/512 channels, stride 2 (and a 1x1 downsample) at stages 2-4;
 global average pooling -> 512-d. Works for any input length >= 1.
 
+Readouts of the final feature map (``pooling``): ``"avg"`` -- the global average, the 512-d output
+the model is pretrained with; ``"avg+max"`` -- the average and the maximum over time
+concatenated (1024-d, "concat pooling"), a readout for linear probes of the frozen encoder: the
+maximum keeps where a short deflection (a Q wave, an ST segment) peaks, which the average
+dilutes over ten seconds.
+
 Size and cost (12 leads, one 12 x 1000 record, i.e. 10 s at 100 Hz): 3,848,832 parameters;
 forward 175 M multiply-accumulates = 0.350 GFLOP, forward + backward 1.046 GFLOP
 (measured with ``torch.utils.flop_counter.FlopCounterMode``).
@@ -14,10 +20,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from etp.errors import DataError
+from etp.errors import ConfigError, DataError
 
 #: channel width of the four stages
 STAGE_CHANNELS = (64, 128, 256, 512)
+#: readouts of the final feature map: name -> multiple of its channel count
+POOLINGS = {"avg": 1, "avg+max": 2}
+
+
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it names a readout of :data:`POOLINGS`, else a ConfigError naming them."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown feature pooling {pooling!r} (choose one of {list(POOLINGS)})")
+    return pooling
+
+
+def global_pool(fmap: Tensor, pooling: str = "avg") -> Tensor:
+    """Pool a feature map ``(B, C, *time)`` over time: ``(B, C)`` or, for ``"avg+max"``, ``(B, 2C)``."""
+    flat = torch.flatten(fmap, 2)
+    avg = flat.mean(-1)
+    if check_pooling(pooling) == "avg":
+        return avg
+    return torch.cat([avg, flat.amax(-1)], dim=1)
 
 
 class BasicBlock1d(nn.Module):
@@ -80,7 +104,12 @@ class ResNet1d18(nn.Module):
                 if isinstance(m, BasicBlock1d):
                     nn.init.zeros_(m.bn2.weight)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def feature_dim(self, pooling: str = "avg") -> int:
+        """Width of the features of readout ``pooling`` (512 or 1024)."""
+        return self.out_dim * POOLINGS[check_pooling(pooling)]
+
+    def forward(self, x: Tensor, pooling: str = "avg") -> Tensor:
+        """``(B, leads, L) -> (B, 512)`` (``pooling="avg"``) or ``(B, 1024)`` (``"avg+max"``)."""
         if x.dim() != 3 or x.shape[1] != self.in_leads or x.shape[-1] < 1:
             raise DataError(
                 f"ECG encoder expects a batch of shape (B, {self.in_leads}, L), "
@@ -88,4 +117,6 @@ class ResNet1d18(nn.Module):
             )
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.pool(x), 1)
+        if pooling == "avg":
+            return torch.flatten(self.pool(x), 1)
+        return global_pool(x, pooling)
