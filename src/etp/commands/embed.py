@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         choices=("avg", "avg+max"),
         default="avg",
         help="with --features: avg (default, 512-d) or avg+max (average and maximum over time, "
-        "1024-d; the readout the benchmark's linear probe uses)",
+        "1024-d; a readout the benchmark's linear probe may choose)",
     )
     p.add_argument("--fs", type=float, metavar="HZ", help="sampling rate of .npy files")
     p.add_argument(
