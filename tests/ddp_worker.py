@@ -154,10 +154,9 @@ def main(out_dir: str) -> None:
             errors.append(str(exc))
     result["batch_of_one"] = errors
 
-    d.barrier()
     torch.save(result, Path(out_dir) / f"rank{r}.pt")
-    d.cleanup()
-    d.cleanup()  # safe twice
+    d.cleanup(sync=True)  # both ranks enter the teardown together
+    d.cleanup(sync=True)  # safe twice
     result_after = (d.rank(), d.world_size(), d.is_distributed())
     torch.save(result_after, Path(out_dir) / f"after{r}.pt")
 

@@ -171,9 +171,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Destroy the process group if one is running (safe to call more than once)."""
+def cleanup(sync: bool = False) -> None:
+    """Destroy the process group if one is running (safe to call more than once).
+
+    ``sync``: first wait for every process (only where all of them reach this call; not on an
+    error path, where the others may never arrive). Rank 0 hosts the rendezvous store, and a
+    process still tearing down its group after rank 0 has exited can abort ("terminate called
+    without an active exception"); entering the teardown together closes that window.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sync and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

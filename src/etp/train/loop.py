@@ -477,10 +477,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
 
     dist_info = init_distributed(cfg.train.device)
     try:
-        return _Run(cfg, dist_info).run(resume)
-    finally:
+        result = _Run(cfg, dist_info).run(resume)
+    except BaseException:
         if dist_info.is_distributed:
-            cleanup()
+            cleanup()  # no barrier: the other processes may never get here
+        raise
+    if dist_info.is_distributed:
+        cleanup(sync=True)
+    return result
 
 
 class _Run:
