@@ -187,7 +187,7 @@ def validate(cfg: BenchmarkConfig) -> None:
     if not cfg.rotate_folds and cfg.test_fold == cfg.val_fold:
         raise ConfigError("test_fold and val_fold must differ")
     from etp.eval.linear_probe import SELECT_BY
-    from etp.models.resnet1d import POOLINGS
+    from etp.models.resnet1d import check_poolings
 
     if cfg.probe.select_by not in SELECT_BY:
         raise ConfigError(
@@ -195,13 +195,7 @@ def validate(cfg: BenchmarkConfig) -> None:
         )
     if int(cfg.probe.inits) < 1:
         raise ConfigError(f"probe.inits: {cfg.probe.inits} must be >= 1")
-    if isinstance(cfg.probe.pooling, str):  # one readout given as a plain value
-        cfg.probe.pooling = [cfg.probe.pooling]
-    bad = [p for p in cfg.probe.pooling if p not in POOLINGS]
-    if bad or not cfg.probe.pooling or len(set(cfg.probe.pooling)) != len(cfg.probe.pooling):
-        raise ConfigError(
-            f"probe.pooling: {cfg.probe.pooling!r} must list distinct readouts of {list(POOLINGS)}"
-        )
+    check_poolings(cfg.probe.pooling, "probe.pooling")
     for frac in cfg.probe.label_fractions:
         if not 0 < frac <= 1:
             raise ConfigError(f"probe.label_fractions: {frac} is not in (0, 1]")

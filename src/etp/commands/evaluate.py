@@ -481,15 +481,10 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def _poolings(text: str) -> tuple[str, ...]:
-    from etp.models.resnet1d import POOLINGS
+    from etp.models.resnet1d import check_poolings
 
     values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values or len(set(values)) != len(values) or any(v not in POOLINGS for v in values):
-        raise ConfigError(
-            f"--probe-pooling: distinct readouts of {', '.join(POOLINGS)}, comma-separated; "
-            f"got {text!r}"
-        )
-    return values
+    return check_poolings(values, "--probe-pooling")
 
 
 _CRITERION = {"loss": "cross-entropy", "auc": "macro AUC"}

@@ -83,7 +83,7 @@ class ETPModel(nn.Module):
     def features(self, x: Tensor, pooling: str = "avg") -> Tensor:
         """Encoder features ``(B, leads, L) -> (B, 512)`` (before the head); ``pooling="avg+max"``
         reads the feature map out as 1024-d (:data:`etp.models.resnet1d.POOLINGS`)."""
-        return self.encoder(x) if pooling == "avg" else self.encoder(x, pooling)
+        return self.encoder(x, pooling)
 
     def embed_ecg(self, x: Tensor) -> Tensor:
         """L2-normalised ECG embeddings ``(B, embed_dim)``."""

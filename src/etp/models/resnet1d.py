@@ -35,6 +35,14 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
+def check_poolings(values: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:
+    """``values`` as a tuple if they are distinct readouts of :data:`POOLINGS` (at least one),
+    else a ConfigError that starts with ``where`` (the config key or CLI flag)."""
+    if not values or len(set(values)) != len(values) or any(v not in POOLINGS for v in values):
+        raise ConfigError(f"{where}: {values!r} must list distinct readouts of {list(POOLINGS)}")
+    return tuple(values)
+
+
 def global_pool(fmap: Tensor, pooling: str = "avg") -> Tensor:
     """Pool a feature map ``(B, C, *time)`` over time: ``(B, C)`` or, for ``"avg+max"``, ``(B, 2C)``."""
     flat = torch.flatten(fmap, 2)
