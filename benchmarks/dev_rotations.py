@@ -11,7 +11,8 @@ rotations (single-label records, n = 258 with ids 1-999) and scored:
 * linear-probe macro AUC / F1 with the probe's epoch and weight decay chosen on the validation
   fold by cross-entropy (``lp loss``, the default) and by macro AUC (``lp auc``), and the
   probe protocol the benchmark config ships (``lp shipped``: three initialisations averaged,
-  the encoder readout ``avg`` or ``avg+max`` chosen on the validation fold).
+  the encoder readout chosen on the validation fold among ``--probe-pooling``, by default
+  ``avg`` and ``avg+max`` as the benchmark config ships; the chosen readouts are recorded).
 
 Features and embeddings are averaged over each model's test-time views
 (:mod:`etp.data.views`; ``--views 1`` scores the record as it is, as runs before the views
@@ -59,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="pretrain on the validation fold's records too (no pretraining validation loss)",
     )
+    ap.add_argument(
+        "--probe-pooling",
+        default="avg,avg+max",
+        help="lp shipped: encoder readouts the probe chooses among on the validation fold "
+        "(comma-separated, etp.models.resnet1d.POOLINGS; the benchmark config's probe.pooling)",
+    )
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ptb-xl"))
     ap.add_argument("--work", default=str(REPO / "runs" / "dev-rotations"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dev_rotations.jsonl"))
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from etp.eval.report import machine_info
     from etp.eval.zero_shot import PromptOptions, load_prompt_table, zero_shot_classify
     from etp.models.etp import load_model_dir
+    from etp.models.resnet1d import check_poolings
     from etp.train.loop import pretrain
 
     work = Path(args.work)
@@ -84,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     classes = list(prepared.classes)
     table = load_prompt_table()
     views = None if args.views is None else Views.parse(args.views)
+    poolings = check_poolings(args.probe_pooling.split(","), "--probe-pooling")
     used_views: set[str] = set()
     pooled: dict[str, list[np.ndarray]] = {"y": []}
     seconds = 0.0
+    chosen_readouts: list[str] = []
     for test, val in ROTATIONS:
         train = [f for f in range(1, 10) if f not in (test, val)]
         out = work / args.name / f"test{test}"
@@ -131,14 +141,18 @@ def main(argv: list[str] | None = None) -> int:
             probe.select(feats["train"], y["train"], feats["val"], y["val"])
             result = probe.evaluate_test(feats["test"], y["test"])
             pooled.setdefault(f"lp {criterion}", []).append(result.test_probabilities)
-        wide = {
-            k: extract(model, prepared, i, "features", bf16=True, views=views, pooling="avg+max")
-            for k, i in idx.items()
+        by_pooling = {
+            p: feats if p == "avg" else {
+                k: extract(model, prepared, i, "features", bf16=True, views=views, pooling=p)
+                for k, i in idx.items()
+            }
+            for p in poolings
         }
-        readouts = {"avg": (feats["train"], feats["val"]), "avg+max": (wide["train"], wide["val"])}
+        readouts = {p: (f["train"], f["val"]) for p, f in by_pooling.items()}
         chosen, probe = select_readout(classes, ProbeConfig(inits=3), readouts, y["train"], y["val"])
-        test = (feats if chosen == "avg" else wide)["test"]
+        test = by_pooling[chosen]["test"]
         pooled.setdefault("lp shipped", []).append(probe.evaluate_test(test, y["test"]).test_probabilities)
+        chosen_readouts.append(chosen)
 
     y_all = np.concatenate(pooled.pop("y"))
     record: dict[str, object] = {
@@ -151,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain_seconds": round(seconds),
         "n_test": int(y_all.size),
         "views": ", ".join(sorted(used_views)),
+        "probe_pooling": list(poolings),
+        "readouts_chosen": chosen_readouts,
     }
     for key, probs in pooled.items():
         p = np.concatenate(probs)

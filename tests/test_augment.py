@@ -275,3 +275,15 @@ def test_build_rejects_a_bare_string_and_bad_fs():
         A.build_augmentation("sign_flip")
     with pytest.raises(ConfigError, match="fs must be > 0"):
         A.build_augmentation(["baseline_wander"], fs=-1)
+
+
+def test_build_passes_the_shortest_crop_to_crop_resize():
+    """crop_min_frac bounds the segment: 1.0 leaves a record as it is, 0.8 keeps >= 80 % of it."""
+    length = 1000
+    ramp = torch.arange(length, dtype=torch.float32).expand(64, 12, length).clone()
+    torch.testing.assert_close(A.build_augmentation(["crop"], crop_min_frac=1.0)(ramp, _gen()), ramp)
+    out = A.build_augmentation(["crop_resize"], crop_min_frac=0.8)(ramp, _gen())
+    span = out[:, 0, -1] - out[:, 0, 0]
+    assert (span >= 0.8 * length - 2).all() and span.min() < 0.85 * length
+    with pytest.raises(ConfigError, match="crop_min_frac must be in"):
+        A.build_augmentation(["crop"], crop_min_frac=0.0)

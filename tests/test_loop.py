@@ -385,6 +385,7 @@ def test_huge_learning_rate_is_reported_as_non_finite_loss(cache: Path, tmp_path
         (["train.soft_targets=1.5"], ConfigError, r"train\.soft_targets must be in \[0, 1\], got 1\.5"),
         (["train.soft_target_temperature=0"], ConfigError, r"train\.soft_target_temperature must be > 0"),
         (["train.ssl_weight=-1"], ConfigError, r"train\.ssl_weight must be >= 0, got -1"),
+        (["train.crop_min_frac=1.5"], ConfigError, r"train\.crop_min_frac must be in \(0, 1\], got 1\.5"),
     ],
 )
 def test_bad_input_is_a_clear_error(

@@ -77,6 +77,8 @@ def test_pooled_averages_views_and_renormalises_embeddings() -> None:
         ({"method": "etp", "ssl_weight": 1.0, "augment": ["crop_resize"]}, Views(3, 0.75)),
         ({"method": "etp", "etp_augment": True, "augment": ["noise", "scale"]}, Views()),
         ({"method": "simclr", "augment": ["crop", "sign_flip"]}, Views(3, 0.75)),
+        # the middle of a narrower trained range
+        ({"method": "simclr", "augment": ["crop"], "crop_min_frac": 0.8}, Views(3, 0.9)),
     ],
 )
 def test_model_views_follow_the_training_crops(train: dict | None, want: Views) -> None:

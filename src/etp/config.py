@@ -60,6 +60,11 @@ class ModelConfig:
     in_leads: int = _f(12, "number of input leads")
     embed_dim: int = _f(512, "dimension of the shared ECG-text embedding space")
     head: Literal["linear", "mlp"] = _f("linear", "projection head type (paper: linear)")
+    pooling: Literal["avg", "avg+max"] = _f(
+        "avg",
+        "encoder readout the ECG projection head reads: 'avg' (the paper: average over time, "
+        "512-d) or 'avg+max' (average and maximum over time, 1024-d)",
+    )
     text_model: str = _f(
         "minilm",
         "frozen text model: 'minilm' (packaged all-MiniLM-L6-v2), a Hugging Face name "
@@ -102,6 +107,11 @@ class TrainConfig:
     augment: list[str] = _f(
         ["crop", "scale", "noise", "baseline_wander", "sign_flip", "lead_mask"],
         "SimCLR augmentations (also applied to ETP when etp_augment is true)",
+    )
+    crop_min_frac: float = _f(
+        0.5,
+        "crop augmentation: the shortest segment, as a fraction of the record (segments of "
+        "crop_min_frac to all of it are stretched back to the record's length)",
     )
     etp_augment: bool = _f(False, "apply the augmentations to the ECG side of ETP too")
     soft_targets: float = _f(

@@ -257,8 +257,11 @@ class Augmentation:
         return f"Augmentation({list(self.names)!r})"
 
 
-def build_augmentation(names: Sequence[str], fs: float = 100.0) -> Augmentation:
-    """Compose the named augmentations (in order); ``fs`` (Hz) goes to those that need it.
+def build_augmentation(
+    names: Sequence[str], fs: float = 100.0, crop_min_frac: float = CROP_MIN_FRAC
+) -> Augmentation:
+    """Compose the named augmentations (in order); ``fs`` (Hz) goes to those that need it and
+    ``crop_min_frac`` (the shortest segment) to :func:`crop_resize`.
 
     ConfigError for an unknown name (listing the valid ones) or a bare string instead of a list.
     An empty list gives the identity.
@@ -277,5 +280,11 @@ def build_augmentation(names: Sequence[str], fs: float = 100.0) -> Augmentation:
             raise ConfigError(
                 f"unknown augmentation {name!r}; valid names: " + ", ".join(sorted(AUGMENTATIONS))
             )
-        steps.append(partial(fn, fs=fs) if "fs" in inspect.signature(fn).parameters else fn)
+        if fn is crop_resize:
+            if not 0 < crop_min_frac <= CROP_MAX_FRAC:
+                raise ConfigError(f"crop_min_frac must be in (0, 1], got {crop_min_frac}")
+            fn = partial(crop_resize, min_frac=crop_min_frac)
+        elif "fs" in inspect.signature(fn).parameters:
+            fn = partial(fn, fs=fs)
+        steps.append(fn)
     return Augmentation(names, steps)

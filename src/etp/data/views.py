@@ -103,9 +103,10 @@ class Views:
 def model_views(train: Mapping[str, Any] | None) -> Views:
     """The default views of a model trained with settings ``train`` (a TrainConfig as a dict).
 
-    :data:`TRAINED_VIEWS` crops of :data:`TRAINED_CROP` when training cropped its ECGs (SimCLR,
-    or ETP with ``etp_augment`` or ``ssl_weight``, with ``crop`` among the augmentations); else
-    the record as it is (the paper's ETP, random init, unknown settings).
+    :data:`TRAINED_VIEWS` crops of the middle of the trained crop range (:data:`TRAINED_CROP`
+    with the default ``crop_min_frac``) when training cropped its ECGs (SimCLR, or ETP with
+    ``etp_augment`` or ``ssl_weight``, with ``crop`` among the augmentations); else the record as
+    it is (the paper's ETP, random init, unknown settings).
     """
     if not train:
         return Views()
@@ -116,7 +117,8 @@ def model_views(train: Mapping[str, Any] | None) -> Views:
     )
     names = train.get("augment") or ()
     if augments and any(n in _CROP_NAMES for n in names):
-        return Views(TRAINED_VIEWS, TRAINED_CROP)
+        low = float(train.get("crop_min_frac") or CROP_MIN_FRAC)
+        return Views(TRAINED_VIEWS, (low + CROP_MAX_FRAC) / 2)
     return Views()
 
 

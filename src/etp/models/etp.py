@@ -64,7 +64,9 @@ class ETPModel(nn.Module):
         self.method = method
         self.text_dim = None if text_dim is None else int(text_dim)
         self.encoder = ENCODERS[cfg.encoder](in_leads=cfg.in_leads)
-        self.ecg_head = ProjectionHead(self.encoder.out_dim, cfg.embed_dim, cfg.head)
+        self.ecg_head = ProjectionHead(
+            self.encoder.feature_dim(check_pooling(cfg.pooling)), cfg.embed_dim, cfg.head
+        )
         self.text_head = (
             ProjectionHead(self.text_dim, cfg.embed_dim, cfg.head) if self.text_dim else None
         )
@@ -87,7 +89,7 @@ class ETPModel(nn.Module):
 
     def embed_ecg(self, x: Tensor) -> Tensor:
         """L2-normalised ECG embeddings ``(B, embed_dim)``."""
-        return F.normalize(self.ecg_head(self.encoder(x)).float(), dim=-1)
+        return F.normalize(self.ecg_head(self.encoder(x, self.cfg.pooling)).float(), dim=-1)
 
     def embed_text(self, t: Tensor) -> Tensor:
         """L2-normalised text embeddings from frozen text-model vectors ``(B, text_dim)``."""

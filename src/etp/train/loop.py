@@ -451,6 +451,8 @@ def validate_config(cfg: PretrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.simclr_temperature <= 0:
         raise ConfigError(f"train.simclr_temperature must be > 0, got {t.simclr_temperature}")
+    if not 0.0 < t.crop_min_frac <= 1.0:
+        raise ConfigError(f"train.crop_min_frac must be in (0, 1], got {t.crop_min_frac}")
     if uses_augmentation(t):
         from etp.data.augment import build_augmentation
 
@@ -681,7 +683,9 @@ class _Run:
         if uses_augmentation(t):
             from etp.data.augment import build_augmentation
 
-            self.augment = build_augmentation(list(t.augment), fs=self.prepared.fs)
+            self.augment = build_augmentation(
+                list(t.augment), fs=self.prepared.fs, crop_min_frac=t.crop_min_frac
+            )
         # augmentations draw from their own generator (saved in checkpoints), one per process
         self.aug_gen = torch.Generator().manual_seed(t.seed * 1_000 + 17 + self.dist.rank)
 
