@@ -27,8 +27,15 @@ import torch.nn.functional as F
 from etp.data.augment import CROP_MAX_FRAC, CROP_MIN_FRAC, trains_on_augmented
 from etp.errors import ConfigError
 
-#: the crop fraction a ``crop``-trained model saw on average: the middle of crop_resize's range
-TRAINED_CROP = (CROP_MIN_FRAC + CROP_MAX_FRAC) / 2
+
+def trained_crop(min_frac: float = CROP_MIN_FRAC) -> float:
+    """The crop fraction a model trained on crops of ``min_frac``-1 of the record saw on average:
+    the middle of that range."""
+    return (min_frac + CROP_MAX_FRAC) / 2
+
+
+#: the crop fraction a ``crop``-trained model saw on average with crop_resize's default range
+TRAINED_CROP = trained_crop()
 #: views of a crop-trained model: as many as keep CPU inference above 500 ECGs/s
 TRAINED_VIEWS = 3
 _CROP_NAMES = ("crop", "crop_resize")
@@ -103,8 +110,8 @@ class Views:
 def model_views(train: Mapping[str, Any] | None) -> Views:
     """The default views of a model trained with settings ``train`` (a TrainConfig as a dict).
 
-    :data:`TRAINED_VIEWS` crops of the middle of the trained crop range (:data:`TRAINED_CROP`
-    with the default ``crop_min_frac``) when training cropped its ECGs (SimCLR, or ETP with
+    :data:`TRAINED_VIEWS` crops of :func:`trained_crop` of the training's ``crop_min_frac``
+    (:data:`TRAINED_CROP` by default) when training cropped its ECGs (SimCLR, or ETP with
     ``etp_augment`` or ``ssl_weight``, with ``crop`` among the augmentations); else the record as
     it is (the paper's ETP, random init, unknown settings).
     """
@@ -118,7 +125,7 @@ def model_views(train: Mapping[str, Any] | None) -> Views:
     names = train.get("augment") or ()
     if augments and any(n in _CROP_NAMES for n in names):
         low = float(train.get("crop_min_frac") or CROP_MIN_FRAC)
-        return Views(TRAINED_VIEWS, (low + CROP_MAX_FRAC) / 2)
+        return Views(TRAINED_VIEWS, trained_crop(low))
     return Views()
 
 
@@ -141,4 +148,4 @@ def pooled(
     return F.normalize(mean, dim=-1) if normalise else mean
 
 
-__all__ = ["TRAINED_CROP", "TRAINED_VIEWS", "Views", "model_views", "pooled"]
+__all__ = ["TRAINED_CROP", "TRAINED_VIEWS", "Views", "model_views", "pooled", "trained_crop"]
