@@ -48,18 +48,21 @@ def test_channels_last_fast_path_reads_out_avg_max() -> None:
     assert b.shape == (2, 1024) and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("seed", [6, 19, 29])
+@pytest.mark.parametrize("seed", [6, 19, 29, 34])
 def test_self_check_accepts_initialisations_that_fp32_rounding_failed(seed: int) -> None:
-    """These initialisations moved some fp32 gradients by 2-3 % between the two paths (a ReLU
-    input near zero on the check's small batch), and the fp32 self-check refused the fast path;
-    in float64 both paths agree to ~1e-14."""
+    """These initialisations moved some fp32 gradients by up to 3 % between the two paths on 1
+    or 2 threads (a ReLU input near zero on the check's small batch), and the fp32 self-check
+    refused the fast path; in float64 both paths agree to ~5e-14
+    (benchmarks/results/channels_last_check.md)."""
     from etp.models.resnet1d import ResNet1d18
 
     torch.manual_seed(seed)
     assert enable_channels_last(ResNet1d18())
 
 
-def test_self_check_refuses_a_fast_path_that_is_slightly_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_self_check_refuses_a_fast_path_that_is_slightly_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A rule that is off by one part in a million (here: the stem's BatchNorm) is refused."""
     from etp.models import channels_last
     from etp.models.resnet1d import ResNet1d18

@@ -98,9 +98,10 @@ def enable_channels_last(encoder: nn.Module) -> bool:
 
     The fast forward is first compared with the module's own forward (outputs, gradients and
     BatchNorm running statistics, on float64 copies: in fp32 the summation order alone moved
-    some gradients by a few percent for about one initialisation in fifteen -- a ReLU input
-    near zero on the check's small batch -- and the fast path was refused for nothing); on any
-    difference or unsupported layer the encoder is left as it is and False is returned.
+    some gradients by up to 3 % for 2-3 of 40 random initialisations -- a ReLU input near zero on
+    the check's small batch -- and the fast path was refused for nothing;
+    ``benchmarks/channels_last_check.py``); on any difference or unsupported layer the encoder is
+    left as it is and False is returned.
     """
     import copy
     from functools import partial
