@@ -121,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(results / "dev_rotations.md"))
     args = ap.parse_args(argv)
     src = Path(args.jsonl)
-    lines = [json.loads(l) for l in src.read_text(encoding="utf-8").splitlines() if l.strip()]
+    if not src.is_file():
+        ap.error(f"--jsonl: no such file {src} (benchmarks/dev_rotations.py writes it)")
+    lines = []
+    for number, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                ap.error(f"{src}, line {number}: not a JSON record ({exc.msg})")
     where = src.relative_to(REPO).as_posix() if src.is_relative_to(REPO) else str(src)
     left_out = sum(1 for record in lines if record.get("views") is None)
     text = to_markdown(summarise(lines), where, left_out)
