@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: the per-method result sections of ``results.json`` (per dataset)
-TASKS = ("linear_probe", "zero_shot", "retrieval")
+#: the per-method result sections of ``results.json`` (per dataset); ``selection`` holds the
+#: choices made on validation (probe epochs, weight decays, readouts, their validation scores)
+TASKS = ("linear_probe", "zero_shot", "retrieval", "selection")
 
 
 def _load(path: Path) -> dict[str, Any]:

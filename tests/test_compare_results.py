@@ -35,6 +35,7 @@ def _results() -> dict[str, Any]:
                     "simclr": {"1.0": {"per_seed": [{"auc": 0.82, "f1": 0.47}]}},
                 },
                 "zero_shot": {"etp": {"en": {"average": {"auc": 0.74}, "chosen": True}}},
+                "selection": {"etp": {"1.0": [{"weight_decay": 0.1, "readout": "avg+max"}]}},
                 "n_test": 782,
             },
             "seconds": {"total": 991.3},
@@ -51,10 +52,10 @@ def test_identical_results_agree_everywhere(tmp_path: Path, capsys: pytest.Captu
     a = _write(tmp_path / "a.json", _results())
     out = tmp_path / "report.md"
     assert _script().main([str(a), str(a), "--methods", "etp", "--out", str(out)]) == 0
-    # etp: auc, f1, HYP auc (NaN == NaN), HYP n, two CI ends, zero-shot auc; the boolean
-    # "chosen", simclr, n_test and the wall time are not compared
-    assert "**7 of 7 figures agree**; 0 differ" in capsys.readouterr().out
-    assert "**7 of 7 figures agree**" in out.read_text()
+    # etp: auc, f1, HYP auc (NaN == NaN), HYP n, two CI ends, zero-shot auc, the chosen weight
+    # decay; the boolean "chosen", strings, simclr, n_test and the wall time are not compared
+    assert "**8 of 8 figures agree**; 0 differ" in capsys.readouterr().out
+    assert "**8 of 8 figures agree**" in out.read_text()
 
 
 def test_a_changed_figure_and_a_missing_one_are_listed(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_a_changed_figure_and_a_missing_one_are_listed(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     assert _script().main([str(a), str(b), "--methods", "etp,simclr", "--out", str(out)]) == 1
     text = out.read_text()
-    assert "**6 of 8 figures agree**; 2 differ; 0 only in the new file, 1 only in the old one" in text
+    assert "**7 of 9 figures agree**; 2 differ; 0 only in the new file, 1 only in the old one" in text
     assert "| `ptbxl/linear_probe/etp/1.0/per_seed[0]/auc` | 0.87 | 0.86 | +0.01 |" in text
     assert "- `ptbxl/zero_shot/etp/en/average/auc`" in text
     # within a tolerance the changed figures agree
