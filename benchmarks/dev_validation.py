@@ -23,6 +23,14 @@ library because they did not help here:
 * ``report vote``: an ECG's class distribution is the mix of the text-only class distributions of
   the training reports, weighted by the ECG's softmax similarity to each report.
 
+With ``--more``, two more label-free alternatives for every report-prototype variant (``via
+reports``), not in the library either:
+
+* ``ECG prototypes``: each class is the mean ECG embedding of the training records whose reports
+  the frozen text model assigns to it (the same assignment as the report prototypes), so test
+  ECGs are compared with ECGs instead of with text;
+* ``text+ECG prototypes``: the renormalised sum of a class's report prototype and ECG prototype.
+
 One markdown file per part is written to ``benchmarks/results/`` with the command, date and
 machine.
 
@@ -205,6 +213,10 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
                 return m.embed_texts_frozen(ts, cache_dir=text_cache)
 
             reports = _pretrain_reports(prepared, rot)
+            # the training ECGs whose reports are the gallery (same order: empty reports dropped)
+            has_report = np.array(
+                [bool(str(r).strip()) for r in prepared.reports(prepared.select(folds=rot.train))]
+            )
             gallery = ReportGallery(texts=reports, embed_frozen=frozen)
             joint, text_frozen = _normalize(embed(reports)), _normalize(frozen(reports))
             scale = float(model.model.scale().detach())
@@ -228,6 +240,21 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
                         30.0 * text_frozen @ class_text_embeddings(prompts, frozen).T
                     )
                     out[f"{v.name}, report vote"] = _softmax(scale * ecg["val"] @ joint.T) @ text_probs
+                if v.via_reports and args.more:
+                    assigned = (text_frozen @ class_text_embeddings(prompts, frozen).T).argmax(1)
+                    ecg_with_report = ecg["train"][has_report]
+                    ecg_protos = np.stack(
+                        [
+                            ecg_with_report[assigned == c].mean(axis=0)
+                            if (assigned == c).any() else class_emb[c]
+                            for c in range(len(classes))
+                        ]
+                    )
+                    for name, emb in (
+                        ("ECG prototypes", _normalize(ecg_protos)),
+                        ("text+ECG prototypes", _normalize(_normalize(ecg_protos) + class_emb)),
+                    ):
+                        out[f"{v.name}, {name}"] = _softmax(scale * ecg["val"] @ emb.T)
                 for name, p in out.items():
                     ys, ps = pooled.setdefault((seed, name), ([], []))
                     ys.append(y_val)
@@ -265,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pooling", default="avg", help="probe: comma-separated readout candidates (avg, avg+max; a|b = chosen on validation)"
     )
     ap.add_argument(
-        "--more", action="store_true", help="zero-shot: also score more report-prototype variants"
+        "--more", action="store_true", help="zero-shot: also score more report-prototype variants, and ECG prototypes for each"
     )
     ap.add_argument("--val-folds", default="", help="zero-shot: only rotations validated on these")
     ap.add_argument("--out", default=None, help="markdown output (default benchmarks/results/)")
