@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from etp.eval.report import machine_info
+    from etp.io import atomic_write_text
     from etp.models.channels_last import _close
 
     float64_tol = inspect.signature(_close).parameters["tol"].default
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.inits):
         cells = [f"{fp32[n][seed][0]:.1e} ({fp32[n][seed][1]})" for n in fp32]
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {f64[seed][0]:.1e} |")
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines[: 11 + len(fp32)]))
     return 0
 

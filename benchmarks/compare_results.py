@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         ap.error("--methods names no method")
+    if not args.tol >= 0:
+        ap.error(f"--tol must be >= 0, got {args.tol}")
+    if args.show < 0:
+        ap.error(f"--show must be >= 0, got {args.show}")
     new_data, old_data = _load(args.new), _load(args.old)
     new = method_numbers(new_data["results"], methods)
     old = method_numbers(old_data["results"], methods)
@@ -115,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def meta(d: dict[str, Any]) -> str:
         m = d["meta"]
-        return f"commit {str(m.get('git_commit'))[:7]}, {m.get('date')}, seeds {m.get('seeds')}"
+        machine = m.get("machine") or {}
+        return (
+            f"commit {str(m.get('git_commit'))[:7]}, {m.get('date')}, seeds {m.get('seeds')}; "
+            f"{machine.get('cpu_model')}, {machine.get('cpu_count')} cores, "
+            f"torch {machine.get('torch')}"
+        )
 
     lines = [
         "# Reproduction check: two benchmark results compared figure by figure",
@@ -140,10 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.out)
+        from etp.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
     return 0 if not (diffs or only_new or only_old) else 1
 
 

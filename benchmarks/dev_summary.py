@@ -130,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 ap.error(f"{src}, line {number}: not a JSON record ({exc.msg})")
+    from etp.io import atomic_write_text
+
     where = src.relative_to(REPO).as_posix() if src.is_relative_to(REPO) else str(src)
     left_out = sum(1 for record in lines if record.get("views") is None)
     text = to_markdown(summarise(lines), where, left_out)
-    Path(args.out).write_text(text, encoding="utf-8")
+    atomic_write_text(Path(args.out), text)
     print(text)
     return 0
 

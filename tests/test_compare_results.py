@@ -26,7 +26,12 @@ def _script() -> Any:
 def _results() -> dict[str, Any]:
     per_seed = [{"auc": 0.86, "f1": 0.52, "per_class": {"HYP": {"auc": float("nan"), "n": 0}}}]
     return {
-        "meta": {"git_commit": "abc1234def", "date": "2026-12-01", "seeds": [0]},
+        "meta": {
+            "git_commit": "abc1234def",
+            "date": "2026-12-01",
+            "seeds": [0],
+            "machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "torch": "2.13.0+cpu"},
+        },
         "results": {
             "name": "x",
             "ptbxl": {
@@ -55,7 +60,9 @@ def test_identical_results_agree_everywhere(tmp_path: Path, capsys: pytest.Captu
     # etp: auc, f1, HYP auc (NaN == NaN), HYP n, two CI ends, zero-shot auc, the chosen weight
     # decay; the boolean "chosen", strings, simclr, n_test and the wall time are not compared
     assert "**8 of 8 figures agree**; 0 differ" in capsys.readouterr().out
-    assert "**8 of 8 figures agree**" in out.read_text()
+    text = out.read_text()
+    assert "**8 of 8 figures agree**" in text
+    assert "(commit abc1234, 2026-12-01, seeds [0]; AMD EPYC, 2 cores, torch 2.13.0+cpu)" in text
 
 
 def test_a_changed_figure_and_a_missing_one_are_listed(tmp_path: Path) -> None:
@@ -96,3 +103,21 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     no_random = copy.deepcopy(_results())
     with pytest.raises(SystemExit, match=r"no result of the methods \['random'\]"):
         mod.main([str(_write(tmp_path / "n.json", no_random)), str(good), "--methods", "random"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tol", "-0.1"], "--tol must be >= 0, got -0.1"),
+        (["--tol", "nan"], "--tol must be >= 0, got nan"),
+        (["--show", "-1"], "--show must be >= 0, got -1"),
+        (["--methods", " , "], "--methods names no method"),
+    ],
+)
+def test_bad_flags_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    good = str(_write(tmp_path / "good.json", _results()))
+    with pytest.raises(SystemExit) as exc:
+        _script().main([good, good, *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
