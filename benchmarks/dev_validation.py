@@ -1,15 +1,19 @@
 """Evaluation-side choices scored on validation folds only, with the benchmark's saved models.
 
 The models of ``etp benchmark --config configs/benchmark-ptbxl.yaml`` (one per method, seed and
-rotation, under its ``work_dir``) are reused; nothing is pretrained and no rotation's test fold
-is read: every figure comes from the rotations' *validation* folds, pooled over rotations.
+rotation, under its ``work_dir``) are reused (random-init models, which are only seeded
+initialisations, are made as the benchmark makes them when missing); nothing is pretrained and no
+rotation's test fold is read: every figure comes from the rotations' *validation* folds, pooled
+over rotations.
 
-``probe``: linear-probe settings. The probe chooses its epoch and weight decay on validation,
-so scoring it on the same records would flatter the more flexible setting; each validation fold
-is therefore cross-fitted: split in two stratified halves, the probe selects on one half and is
-scored on the other, and the other way round. Candidates: ``inits`` (1 = a single probe; N =
-N initialisations averaged, :class:`etp.eval.linear_probe.ProbeConfig`) and ``pooling`` (the
-encoder readout the probe reads: ``avg`` 512-d, ``avg+max`` 1024-d,
+``probe``: linear-probe settings. The probe chooses its epoch and weight decay on validation, so
+scoring it on the same records would flatter the more flexible setting; each validation fold is
+therefore cross-fitted: split in two stratified halves, the probe selects on one half and is
+scored on the other, and the other way round. Candidates: ``solvers`` (``adam``: the minibatch
+probe; ``lbfgs``: converged L-BFGS probes, decay chosen on validation; ``lbfgs-cvK``: decay chosen
+by K-fold cross-validation over the training folds, the selection half unused), ``inits`` (1 = a
+single probe; N = N initialisations averaged, :class:`etp.eval.linear_probe.ProbeConfig`) and
+``pooling`` (the encoder readout the probe reads: ``avg`` 512-d, ``avg+max`` 1024-d,
 :data:`etp.models.resnet1d.POOLINGS`; ``avg|avg+max``: the probe chooses on validation), every
 combination.
 
@@ -36,6 +40,7 @@ machine.
 
     python benchmarks/dev_validation.py probe --methods etp --inits 1,3
     python benchmarks/dev_validation.py probe --methods etp,simclr,random --inits 3 --pooling "avg,avg+max,avg|avg+max"
+    python benchmarks/dev_validation.py probe --methods etp,random --solvers adam,lbfgs,lbfgs-cv3,lbfgs-cv5 --inits 3 --pooling "avg|avg+max"
     python benchmarks/dev_validation.py zero-shot --more
 """
 
@@ -84,7 +89,7 @@ def _halves(y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def probe_part(args: argparse.Namespace) -> list[str]:
-    """Cross-fitted validation AUC / F1 of the probe for each (pooling, inits) candidate."""
+    """Cross-fitted validation AUC / F1 of the probe for each (pooling, solver, inits) candidate."""
     import itertools
 
     from etp.benchmark import _split_indices, obtain_model, probe_config
@@ -94,16 +99,28 @@ def probe_part(args: argparse.Namespace) -> list[str]:
     from etp.models.etp import load_model_dir
 
     cfg, prepared, rots, classes, work = _setup(args.config)
-    candidates = list(
-        itertools.product(args.pooling.split(","), [int(i) for i in args.inits.split(",")])
-    )
+    fits = []  # (solver label, {probe section overrides}) -- inits only vary the adam probe
+    for solver in args.solvers.split(","):
+        if solver == "adam":
+            fits += [(f"adam x{n}", {"solver": "adam", "inits": n, "cv_folds": 0})
+                     for n in (int(i) for i in args.inits.split(","))]
+        elif solver == "lbfgs":
+            fits.append(("lbfgs, val", {"solver": "lbfgs", "inits": 1, "cv_folds": 0}))
+        elif solver.startswith("lbfgs-cv") and solver[8:].isdigit():
+            k = int(solver[8:])
+            fits.append((f"lbfgs, {k}-fold CV", {"solver": "lbfgs", "inits": 1, "cv_folds": k}))
+        else:
+            raise SystemExit(f"--solvers: unknown {solver!r} (adam, lbfgs, lbfgs-cvK)")
+    candidates = list(itertools.product(args.pooling.split(","), fits))
     readouts = list(dict.fromkeys(r for c, _ in candidates for r in c.split("|")))
     rows = []
     for method in args.methods.split(","):
         for seed in cfg.seeds:
             pooled: dict[tuple[str, int], tuple[list[np.ndarray], list[np.ndarray]]] = {}
             for rot in rots:
-                model = load_model_dir(obtain_model(cfg, method, seed, rot, prepared, work, build=False))
+                # a random-init model is only an initialisation: made when missing, never trained
+                built = obtain_model(cfg, method, seed, rot, prepared, work, build=method == "random")
+                model = load_model_dir(built)
                 split = _split_indices(prepared, rot)
                 y = {s: prepared.label_index(split[s]) for s in ("train", "val")}
                 half = _halves(y["val"], rot.test)
@@ -115,8 +132,8 @@ def probe_part(args: argparse.Namespace) -> list[str]:
                     }
                     for r in readouts
                 }
-                for cand, n in candidates:
-                    section = dataclasses.replace(cfg.probe, inits=n)
+                for cand, (label, over) in candidates:
+                    section = dataclasses.replace(cfg.probe, **over)
                     for sel in (half, ~half):
                         chosen, probe = select_readout(
                             classes,
@@ -125,22 +142,26 @@ def probe_part(args: argparse.Namespace) -> list[str]:
                             y["train"],
                             y["val"][sel],
                         )
-                        ys, ps = pooled.setdefault((cand, n), ([], []))
+                        ys, ps = pooled.setdefault((cand, label), ([], []))
                         ys.append(y["val"][~sel])
                         ps.append(probe.predict_proba(f[chosen]["val"][~sel]))
-            for cand, n in candidates:
-                ys, ps = pooled[(cand, n)]
+            for cand, (label, _) in candidates:
+                ys, ps = pooled[(cand, label)]
                 m = classification_metrics(np.concatenate(ys), np.concatenate(ps), classes, warn=False)
-                rows.append([method, str(seed), cand.replace("|", " or "), str(n),
+                rows.append([method, str(seed), cand.replace("|", " or "), label,
                              f"{100 * m['auc']:.1f}", f"{100 * m['f1']:.1f}"])
                 print(" | ".join(rows[-1]), flush=True)
     lines = [
         "Cross-fitted validation (each rotation's validation fold split in two stratified halves; "
         "the probe selects on one and is scored on the other, both ways), pooled over rotations. "
         "pooling `a or b`: the probe chooses the readout on its selection half "
-        "(etp.eval.linear_probe.select_readout), as the benchmark does with `probe.pooling: [a, b]`.",
+        "(etp.eval.linear_probe.select_readout), as the benchmark does with `probe.pooling: [a, b]`. "
+        "probe `adam xN`: N Adam probes averaged, epoch and decay chosen on the selection half; "
+        "`lbfgs, val`: converged L-BFGS probes, decay chosen on the selection half; `lbfgs, k-fold "
+        "CV`: decay (and readout) chosen by k-fold cross-validation over the training folds, so "
+        "the selection half is not used (etp.eval.linear_probe.ProbeConfig solver / cv_folds).",
         "",
-        "| method | seed | pooling | inits | val AUC | val F1 |",
+        "| method | seed | pooling | probe | val AUC | val F1 |",
         "|---|---|---|---|---|---|",
         *["| " + " | ".join(r) + " |" for r in rows],
     ]
@@ -287,7 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("part", choices=("probe", "zero-shot"))
     ap.add_argument("--config", default="configs/benchmark-ptbxl.yaml", help="benchmark config")
     ap.add_argument("--methods", default="etp", help="probe: comma-separated methods")
-    ap.add_argument("--inits", default="1,3", help="probe: comma-separated inits candidates")
+    ap.add_argument("--inits", default="1,3", help="probe: comma-separated inits candidates (adam)")
+    ap.add_argument(
+        "--solvers", default="adam",
+        help="probe: comma-separated fits: adam (with each --inits), lbfgs (decay on validation), "
+        "lbfgs-cvK (decay by K-fold CV over the training folds)",
+    )
     ap.add_argument(
         "--pooling", default="avg", help="probe: comma-separated readout candidates (avg, avg+max; a|b = chosen on validation)"
     )

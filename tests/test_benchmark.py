@@ -38,6 +38,10 @@ def test_shipped_configs_are_valid() -> None:
         ("model_choice=first", "model_choice"),
         ("probe.label_fractions=[0.0]", "label_fractions"),
         ("probe.inits=0", r"probe\.inits: 0 must be >= 1"),
+        ("probe.solver=sgd", r"probe\.solver must be one of"),
+        ("probe.solver=adam", r"probe\.cv_folds needs solver lbfgs"),
+        ("probe.inits=3", r"probe\.inits > 1 averages .* set inits to 1"),
+        ("probe.cv_folds=1", r"probe\.cv_folds must be 0"),
         ("probe.pooling=[max]", r"probe\.pooling: \['max'\] must list distinct readouts"),
         ("probe.pooling=[avg,avg]", r"probe\.pooling: .* must list distinct readouts"),
         ("pretrain.train.epochz=3", r"unknown config key\(s\): pretrain\.train\.epochz"),
@@ -122,9 +126,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
             f"transfer.cpsc2018.prepare.root={sample_dir / 'cpsc2018'}",
             f"transfer.cpsc2018.prepare.out={tmp_path / 'cache-cpsc'}",
             "pretrain.train.epochs=2",
-            "probe.max_epochs=5",
-            "probe.weight_decays=[0.0]",
-            "probe.inits=2",
+            "probe.weight_decays=[1.0,0.01]",
             "probe.pooling=[avg,avg+max]",
             "bootstrap=20",
         ],
@@ -134,13 +136,16 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     md = (out / "results.md").read_text()
     assert "Table 1" in md and "Table 2" in md and "Table 3" in md and "Retrieval" in md
     assert "ETP (paper)" in md and "83.5" in md
-    assert "2 initialisations, each so selected, weights averaged" in md
-    assert "encoder readout chosen on validation among avg, avg+max" in md
-    assert "Encoder readout chosen on validation by the probe fits (ptbxl, 100 % of the labels): ETP" in md
+    assert "linear probe: L-BFGS to convergence (L2-penalised cross-entropy), weight decay (of 2) " \
+        "by 5-fold cross-validated loss over the training folds" in md
+    assert "encoder readout chosen by the same cross-validation among avg, avg+max" in md
+    assert "Encoder readout chosen by cross-validation over the training records by the probe " \
+        "fits (ptbxl, 100 % of the labels): ETP" in md
     assert "## Table 2 — zero-shot, ptbxl, shipped prompt variant, fixed for every rotation (`en via reports`)" in md
     assert "## Table 2 — zero-shot, ptbxl, prompt variant chosen on each rotation's validation fold" in md
     chosen = results["ptbxl"]["selection"]["etp"]["1.0"][0]
-    assert len(chosen["best_epochs"]) == 2 and "history" not in chosen  # curves not stored
+    assert chosen["best_epochs"] == [0] and "history" not in chosen  # curves not stored
+    assert chosen["selected_on"] in ("cv", "val") and chosen["weight_decay"] in (1.0, 0.01)
     assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
     # the quick start's ETP trains on crops, so it is scored on its three views; random init not
     assert results["ptbxl"]["views"] == {"etp": ["3x0.75"], "random": ["1"]}

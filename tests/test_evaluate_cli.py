@@ -114,6 +114,20 @@ def test_markdown_tables_and_fractions(setup, capsys) -> None:
     assert "Zero-shot" not in out and "Retrieval" not in out
 
 
+def test_lbfgs_probe_cross_validated_on_the_training_split(setup, capsys) -> None:
+    model, _, cache = setup
+    argv = ["--model", str(model), "--cache", str(cache), "--linear-probe", "--bootstrap", "0"]
+    lbfgs = ["--probe-solver", "lbfgs", "--probe-cv-folds", "2", "--probe-pooling", "avg,avg+max"]
+    rc, out, err = _run(capsys, *argv, *lbfgs)
+    assert rc == 0, err
+    assert "Selected by cross-validation over the training records" in out
+    assert "(chosen by the same cross-validation among avg, avg+max)" in out
+    rc, out, err = _run(capsys, *argv, *lbfgs, "--json")
+    sel = json.loads(out)["linear_probe"]["100%"]["selection"]
+    assert sel["selected_on"] == "cv" and sel["best_epoch"] == 0
+    assert sel["readout_scores"][sel["readout"]] == pytest.approx(-sel["cv_loss"])
+
+
 def test_simclr_model_and_bad_arguments(setup, tmp_path, capsys) -> None:
     model, simclr, cache = setup
     rc, out, err = _run(capsys, "--model", str(simclr), "--cache", str(cache), *FAST)
@@ -133,6 +147,8 @@ def test_simclr_model_and_bad_arguments(setup, tmp_path, capsys) -> None:
     assert rc == 2 and "label-fractions" in err
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-inits", "0")
     assert rc == 2 and "--probe-inits" in err
+    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-cv-folds", "3")
+    assert rc == 2 and "--probe-cv-folds" in err and "needs solver lbfgs" in err
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-pooling", "max")
     assert rc == 2 and "--probe-pooling" in err and "'max'" in err
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--plots")

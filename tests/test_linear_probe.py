@@ -173,3 +173,95 @@ def test_select_readout_keeps_the_readout_best_on_validation() -> None:
     assert alone.evaluate_test(x_te, y_va).to_dict()["selection"]["readout"] == "signal"
     with pytest.raises(ValueError, match="at least one readout"):
         select_readout(["A", "B", "C"], cfg, {}, y_tr, y_va)
+
+
+def test_lbfgs_probe_is_the_penalised_logistic_regression() -> None:
+    """The converged L-BFGS probe equals scikit-learn's L2 logistic regression at C = 1/(wd n)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ytr = _features(300, 0, sep=0.5, dim=64)
+    xva, yva = _features(100, 1, sep=0.5, dim=64)
+    cfg = ProbeConfig(solver="lbfgs", weight_decays=(0.1,), seed=0)
+    probe = LinearProbe(CLASSES, cfg)
+    sel = probe.select(xtr, ytr, xva, yva)
+    assert sel.weight_decay == 0.1 and sel.best_epoch == 0 and sel.selected_on == "val"
+    assert np.isnan(sel.cv_loss)
+    scaler = StandardScaler().fit(xtr.astype(np.float64))
+    ref = LogisticRegression(C=1 / (0.1 * len(ytr)), tol=1e-10, max_iter=5000)
+    ref.fit(scaler.transform(xtr.astype(np.float64)), ytr)
+    expected = ref.predict_proba(scaler.transform(xva.astype(np.float64)))
+    assert np.abs(probe.predict_proba(xva) - expected).max() < 1e-3
+    # the decay with the best validation cross-entropy is kept, as for the Adam probe
+    grid = LinearProbe(CLASSES, ProbeConfig(solver="lbfgs", weight_decays=(3.0, 0.1, 1e-3)))
+    chosen = grid.select(xtr, ytr, xva, yva)
+    assert set(chosen.history) == {"wd=3", "wd=0.1", "wd=0.001"}
+    best = max(chosen.history, key=lambda k: chosen.history[k][0])
+    assert best == f"wd={chosen.weight_decay:g}"
+    assert -chosen.val_loss == pytest.approx(chosen.history[best][0])
+
+
+def test_lbfgs_cross_validation_chooses_the_decay_without_the_validation_labels() -> None:
+    xtr, ytr = _features(300, 0, sep=0.5, dim=64)
+    xva, yva = _features(100, 1, sep=0.5, dim=64)
+    cfg = ProbeConfig(solver="lbfgs", cv_folds=3, weight_decays=(10.0, 0.3, 1e-3), seed=0)
+    a, b = LinearProbe(CLASSES, cfg), LinearProbe(CLASSES, cfg)
+    sel = a.select(xtr, ytr, xva, yva)
+    shuffled = np.random.default_rng(0).permutation(yva)  # other validation labels: same choice
+    other = b.select(xtr, ytr, xva, shuffled)
+    assert sel.selected_on == "cv" and np.isfinite(sel.cv_loss) and 0.5 < sel.cv_auc <= 1
+    assert other.weight_decay == sel.weight_decay
+    assert np.allclose(a.predict_proba(xva), b.predict_proba(xva))
+    assert sel.val_loss != other.val_loss  # validation is still scored, and reported
+    # the history holds each decay's cross-validated criterion; the best one is kept
+    assert -sel.cv_loss == pytest.approx(max(v[0] for v in sel.history.values()))
+    d = a.evaluate_test(xva, yva).to_dict()["selection"]
+    assert d["selected_on"] == "cv" and d["cv_loss"] == pytest.approx(sel.cv_loss)
+
+
+def test_lbfgs_cross_validation_falls_back_to_validation_for_a_single_record_class() -> None:
+    xtr, ytr = _features(300, 0, sep=0.5, dim=64)
+    xva, yva = _features(100, 1, sep=0.5, dim=64)
+    ytr = ytr.copy()
+    ytr[ytr == 4] = 0
+    ytr[0] = 4  # one HYP record: no 2-fold stratification possible
+    cfg = ProbeConfig(solver="lbfgs", cv_folds=5, weight_decays=(1.0, 1e-2))
+    sel = LinearProbe(CLASSES, cfg).select(xtr, ytr, xva, yva)
+    assert sel.selected_on == "val" and np.isnan(sel.cv_loss)
+    # two records of the rarest class: two folds instead of five
+    ytr[1] = 4
+    assert len(LinearProbe(CLASSES, cfg)._cv_splits(ytr)) == 2
+
+
+def test_select_readout_compares_cross_validated_probes_by_their_cv_loss() -> None:
+    from etp.eval.linear_probe import select_readout
+
+    rng = np.random.default_rng(3)
+    y_tr, y_va = rng.integers(0, 3, 120), rng.integers(0, 3, 60)
+
+    def informative(y: np.ndarray) -> np.ndarray:
+        return np.eye(3)[y] * 3 + rng.normal(size=(len(y), 3))
+
+    readouts = {
+        "noise": (rng.normal(size=(120, 3)), rng.normal(size=(60, 3))),
+        "signal": (informative(y_tr), informative(y_va)),
+    }
+    cfg = ProbeConfig(solver="lbfgs", cv_folds=3, weight_decays=(0.1,))
+    name, probe = select_readout(["A", "B", "C"], cfg, readouts, y_tr, y_va)
+    assert name == "signal" and probe.selection is not None
+    assert probe.selection.readout_scores["signal"] == pytest.approx(-probe.selection.cv_loss)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(solver="sgd"), "solver must be one of"),
+        (dict(solver="lbfgs", inits=3), "set inits to 1"),
+        (dict(solver="lbfgs", cv_folds=1), "cv_folds must be 0"),
+        (dict(cv_folds=3), "cv_folds needs solver lbfgs"),
+        (dict(solver="lbfgs", max_iter=0), "max_iter must be >= 1"),
+    ],
+)
+def test_bad_probe_settings(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ProbeConfig(**kwargs)

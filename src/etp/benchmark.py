@@ -79,8 +79,20 @@ class ProbeSection:
         "loss", "validation criterion for epoch and weight decay: 'loss' (cross-entropy) or 'auc'"
     )
     inits: int = _f(
-        1, "independently initialised probes, each selected on validation, weights averaged"
+        1, "independently initialised probes, each selected on validation, weights averaged "
+        "(adam only)"
     )
+    solver: str = _f(
+        "adam",
+        "'adam' (minibatch Adam, epoch chosen on validation; the paper's) or 'lbfgs' (full-batch "
+        "L-BFGS to the optimum of the L2-penalised cross-entropy: a logistic regression)",
+    )
+    cv_folds: int = _f(
+        0,
+        "0: weight decay (and readout) chosen on the validation split; k >= 2 (lbfgs): by "
+        "stratified k-fold cross-validation over the training split",
+    )
+    max_iter: int = _f(500, "most L-BFGS iterations per weight decay (lbfgs)")
     pooling: list[str] = _f(
         ["avg"],
         "readouts of the frozen encoder the probe may read, chosen per fit on validation like the "
@@ -195,6 +207,10 @@ def validate(cfg: BenchmarkConfig) -> None:
         )
     if int(cfg.probe.inits) < 1:
         raise ConfigError(f"probe.inits: {cfg.probe.inits} must be >= 1")
+    try:
+        probe_config(cfg.probe, 1.0, 0)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("probe ", "probe.", 1)) from exc
     check_poolings(cfg.probe.pooling, "probe.pooling")
     for frac in cfg.probe.label_fractions:
         if not 0 < frac <= 1:
@@ -500,6 +516,9 @@ def probe_config(section: ProbeSection, fraction: float, seed: int) -> Any:
         seed=seed,
         select_by=section.select_by,
         inits=section.inits,
+        solver=section.solver,
+        cv_folds=section.cv_folds,
+        max_iter=section.max_iter,
     )
 
 
@@ -1051,16 +1070,29 @@ def render_markdown(
         f"- methods and seeds: {', '.join(f'{m} {seeds_of(cfg, m)}' for m in cfg.methods)}; "
         f"bootstrap resamples: {cfg.bootstrap}",
         f"- protocol: {'fold rotation (every fold the test fold once; the previous fold validates; out-of-fold test predictions pooled)' if cfg.rotate_folds else f'test fold {cfg.test_fold}, validation fold {cfg.val_fold}'}; "
-        f"pretrained model: {'the last epoch' if cfg.model_choice == 'last' else 'the epoch with the lowest validation loss'}; probe and prompt choices on validation only",
-        f"- linear probe: Adam, batch {cfg.probe.batch_size}, epoch and weight decay "
-        f"(of {len(cfg.probe.weight_decays)}) by validation {cfg.probe.select_by}"
+        f"pretrained model: {'the last epoch' if cfg.model_choice == 'last' else 'the epoch with the lowest validation loss'}; probe and prompt choices on validation only"
+        + (" (the probe's decay and readout by cross-validation inside the training folds)"
+           if cfg.probe.solver == "lbfgs" and cfg.probe.cv_folds else ""),
+        (
+            f"- linear probe: L-BFGS to convergence (L2-penalised cross-entropy), weight decay "
+            f"(of {len(cfg.probe.weight_decays)}) by {cfg.probe.cv_folds}-fold cross-validated "
+            f"{cfg.probe.select_by} over the training folds"
+            if cfg.probe.solver == "lbfgs" and cfg.probe.cv_folds
+            else f"- linear probe: L-BFGS to convergence (L2-penalised cross-entropy), weight "
+            f"decay (of {len(cfg.probe.weight_decays)}) by validation {cfg.probe.select_by}"
+            if cfg.probe.solver == "lbfgs"
+            else f"- linear probe: Adam, batch {cfg.probe.batch_size}, epoch and weight decay "
+            f"(of {len(cfg.probe.weight_decays)}) by validation {cfg.probe.select_by}"
+        )
         + (
             f"; {cfg.probe.inits} initialisations, each so selected, weights averaged"
             if cfg.probe.inits > 1
             else ""
         )
         + (
-            f"; encoder readout chosen on validation among {', '.join(cfg.probe.pooling)} "
+            f"; encoder readout chosen "
+            f"{'by the same cross-validation' if cfg.probe.solver == 'lbfgs' and cfg.probe.cv_folds else 'on validation'}"
+            f" among {', '.join(cfg.probe.pooling)} "
             "(avg: the 512-d average over time; avg+max: average and maximum, 1024-d)"
             if len(cfg.probe.pooling) > 1
             else f"; encoder readout {cfg.probe.pooling[0]}"
@@ -1140,7 +1172,13 @@ def render_markdown(
                 counts = _readout_counts(results.get(ds, {}).get("selection", {}), str(full))
                 if counts:
                     lines += [
-                        f"Encoder readout chosen on validation by the probe fits ({ds}, "
+                        "Encoder readout chosen "
+                        + (
+                            "by cross-validation over the training records"
+                            if cfg.probe.solver == "lbfgs" and cfg.probe.cv_folds
+                            else "on validation"
+                        )
+                        + f" by the probe fits ({ds}, "
                         f"{float(full) * 100:g} % of the labels): "
                         + "; ".join(
                             f"{method_label(m)} "

@@ -37,8 +37,9 @@ EPILOG = (
     "      --label-fractions 0.01,0.1,1 --out runs/eval --plots\n"
     "\n"
     "With none of --zero-shot/--linear-probe/--retrieval every task the model supports runs.\n"
-    "The linear probe chooses its epoch and weight decay on the validation split only and looks\n"
-    "at the test split once."
+    "The linear probe chooses its epoch and weight decay on the validation split only (or, with\n"
+    "--probe-solver lbfgs --probe-cv-folds K, its weight decay by K-fold cross-validation over the\n"
+    "training split) and looks at the test split once."
 )
 
 
@@ -303,14 +304,23 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
         out.append(linear_probe_table({method: {ds: m}}, datasets=(ds,), paper=paper))
         out += [
             "",
-            f"Selected on validation: weight decay {sel['weight_decay']:g}, epoch "
-            f"{sel['best_epoch']} (by validation {_CRITERION[sel.get('select_by', 'auc')]}), val AUC "
-            f"{100 * sel['val_auc']:.1f}, val cross-entropy {sel.get('val_loss', math.nan):.3f}; "
+            (
+                f"Selected by cross-validation over the training records: weight decay "
+                f"{sel['weight_decay']:g} (by cross-validated "
+                f"{_CRITERION[sel.get('select_by', 'auc')]} {sel.get('cv_loss', math.nan):.3f}; "
+                "converged L-BFGS probe), val AUC "
+                if sel.get("selected_on") == "cv"
+                else f"Selected on validation: weight decay {sel['weight_decay']:g}, epoch "
+                f"{sel['best_epoch']} (by validation {_CRITERION[sel.get('select_by', 'auc')]}), "
+                "val AUC "
+            )
+            + f"{100 * sel['val_auc']:.1f}, val cross-entropy {sel.get('val_loss', math.nan):.3f}; "
             f"{sel['n_train']} training "
             f"records; accuracy {100 * lp['test']['acc']:.1f}."
             + (
-                f" Encoder readout {sel['readout']} (chosen on validation among "
-                f"{', '.join(sel['readout_scores'])})."
+                f" Encoder readout {sel['readout']} (chosen "
+                f"{'by the same cross-validation' if sel.get('selected_on') == 'cv' else 'on validation'} "
+                f"among {', '.join(sel['readout_scores'])})."
                 if len(sel.get("readout_scores") or {}) > 1
                 else ""
             ),
@@ -438,7 +448,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         default=1,
         metavar="N",
         help="independently initialised probes, each selected on validation, whose weights are "
-        "averaged into one linear classifier (default 1, the paper's single probe)",
+        "averaged into one linear classifier (default 1, the paper's single probe; adam only)",
+    )
+    p.add_argument(
+        "--probe-solver",
+        choices=("adam", "lbfgs"),
+        default="adam",
+        help="adam: minibatch Adam, epoch chosen on validation (default, the paper's); lbfgs: "
+        "full-batch L-BFGS to the optimum of the L2-penalised cross-entropy",
+    )
+    p.add_argument(
+        "--probe-cv-folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --probe-solver lbfgs: choose the weight decay by stratified K-fold "
+        "cross-validation over the training split instead of on validation (default 0: validation)",
     )
     p.add_argument(
         "--probe-pooling",
@@ -531,8 +556,21 @@ def run(args: argparse.Namespace) -> int:
     fractions = _fractions(args.label_fractions)
     poolings = _poolings(args.probe_pooling)
     popts = prompt_options(args)
+    try:
+        probe = ProbeConfig(
+            max_epochs=args.probe_epochs,
+            patience=args.probe_patience,
+            select_by=args.probe_select_by,
+            inits=args.probe_inits,
+            solver=args.probe_solver,
+            cv_folds=args.probe_cv_folds,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--probe-solver / --probe-cv-folds / --probe-inits: {exc}") from exc
     prepared = load_prepared(args.cache)
     loaded = load_model_dir(args.model, device=args.device)
+    probe.device = str(loaded.device)
     apply_views(loaded, args)
     chosen = args.zero_shot or args.linear_probe or args.retrieval
     opts = EvalOptions(
@@ -541,14 +579,7 @@ def run(args: argparse.Namespace) -> int:
         retrieval=args.retrieval or (not chosen and loaded.has_text),
         prompt_variants={popts.describe(): popts},
         prompt_table=args.prompts,
-        probe=ProbeConfig(
-            max_epochs=args.probe_epochs,
-            patience=args.probe_patience,
-            select_by=args.probe_select_by,
-            inits=args.probe_inits,
-            seed=args.seed,
-            device=str(loaded.device),
-        ),
+        probe=probe,
         probe_pooling=poolings,
         label_fractions=fractions,
         bootstrap=args.bootstrap,
