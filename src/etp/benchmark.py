@@ -502,6 +502,37 @@ class EvalOutput:
     views: str = "1"
 
 
+def _cross_validated(section: ProbeSection) -> bool:
+    """Whether the probe chooses its decay and readout by cross-validation over training."""
+    return section.solver == "lbfgs" and bool(section.cv_folds)
+
+
+def _probe_line(section: ProbeSection) -> str:
+    """The results' one-line description of the probe protocol."""
+    grid = f"weight decay (of {len(section.weight_decays)})"
+    if section.solver == "lbfgs":
+        where = (
+            f"by {section.cv_folds}-fold cross-validated {section.select_by} over the training folds"
+            if _cross_validated(section)
+            else f"by validation {section.select_by}"
+        )
+        line = f"- linear probe: L-BFGS to convergence (L2-penalised cross-entropy), {grid} {where}"
+    else:
+        line = (
+            f"- linear probe: Adam, batch {section.batch_size}, epoch and {grid} by validation "
+            f"{section.select_by}"
+        )
+    if section.inits > 1:
+        line += f"; {section.inits} initialisations, each so selected, weights averaged"
+    if len(section.pooling) > 1:
+        how = "by the same cross-validation" if _cross_validated(section) else "on validation"
+        return line + (
+            f"; encoder readout chosen {how} among {', '.join(section.pooling)} "
+            "(avg: the 512-d average over time; avg+max: average and maximum, 1024-d)"
+        )
+    return line + f"; encoder readout {section.pooling[0]}"
+
+
 def probe_config(section: ProbeSection, fraction: float, seed: int) -> Any:
     """The :class:`~etp.eval.linear_probe.ProbeConfig` of a benchmark's probe section."""
     from etp.eval.linear_probe import ProbeConfig
@@ -1071,32 +1102,12 @@ def render_markdown(
         f"bootstrap resamples: {cfg.bootstrap}",
         f"- protocol: {'fold rotation (every fold the test fold once; the previous fold validates; out-of-fold test predictions pooled)' if cfg.rotate_folds else f'test fold {cfg.test_fold}, validation fold {cfg.val_fold}'}; "
         f"pretrained model: {'the last epoch' if cfg.model_choice == 'last' else 'the epoch with the lowest validation loss'}; probe and prompt choices on validation only"
-        + (" (the probe's decay and readout by cross-validation inside the training folds)"
-           if cfg.probe.solver == "lbfgs" and cfg.probe.cv_folds else ""),
-        (
-            f"- linear probe: L-BFGS to convergence (L2-penalised cross-entropy), weight decay "
-            f"(of {len(cfg.probe.weight_decays)}) by {cfg.probe.cv_folds}-fold cross-validated "
-            f"{cfg.probe.select_by} over the training folds"
-            if cfg.probe.solver == "lbfgs" and cfg.probe.cv_folds
-            else f"- linear probe: L-BFGS to convergence (L2-penalised cross-entropy), weight "
-            f"decay (of {len(cfg.probe.weight_decays)}) by validation {cfg.probe.select_by}"
-            if cfg.probe.solver == "lbfgs"
-            else f"- linear probe: Adam, batch {cfg.probe.batch_size}, epoch and weight decay "
-            f"(of {len(cfg.probe.weight_decays)}) by validation {cfg.probe.select_by}"
-        )
         + (
-            f"; {cfg.probe.inits} initialisations, each so selected, weights averaged"
-            if cfg.probe.inits > 1
+            " (the probe's decay and readout by cross-validation inside the training folds)"
+            if _cross_validated(cfg.probe)
             else ""
-        )
-        + (
-            f"; encoder readout chosen "
-            f"{'by the same cross-validation' if cfg.probe.solver == 'lbfgs' and cfg.probe.cv_folds else 'on validation'}"
-            f" among {', '.join(cfg.probe.pooling)} "
-            "(avg: the 512-d average over time; avg+max: average and maximum, 1024-d)"
-            if len(cfg.probe.pooling) > 1
-            else f"; encoder readout {cfg.probe.pooling[0]}"
         ),
+        _probe_line(cfg.probe),
         f"- wall time: {results.get('seconds', {}).get('total', 0) / 60:.1f} min",
         "",
         "## Records used",
@@ -1175,7 +1186,7 @@ def render_markdown(
                         "Encoder readout chosen "
                         + (
                             "by cross-validation over the training records"
-                            if cfg.probe.solver == "lbfgs" and cfg.probe.cv_folds
+                            if _cross_validated(cfg.probe)
                             else "on validation"
                         )
                         + f" by the probe fits ({ds}, "

@@ -300,6 +300,7 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
     for frac, lp in results.get("linear_probe", {}).items():
         m = with_ci(lp["test"], lp.get("ci"))
         sel = lp["selection"]
+        cv = sel.get("selected_on") == "cv"
         out += ["", f"## Linear probe — {frac} of the training labels (paper Table 1 layout)", ""]
         out.append(linear_probe_table({method: {ds: m}}, datasets=(ds,), paper=paper))
         out += [
@@ -309,7 +310,7 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
                 f"{sel['weight_decay']:g} (by cross-validated "
                 f"{_CRITERION[sel.get('select_by', 'auc')]} {sel.get('cv_loss', math.nan):.3f}; "
                 "converged L-BFGS probe), val AUC "
-                if sel.get("selected_on") == "cv"
+                if cv
                 else f"Selected on validation: weight decay {sel['weight_decay']:g}, epoch "
                 f"{sel['best_epoch']} (by validation {_CRITERION[sel.get('select_by', 'auc')]}), "
                 "val AUC "
@@ -319,7 +320,7 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
             f"records; accuracy {100 * lp['test']['acc']:.1f}."
             + (
                 f" Encoder readout {sel['readout']} (chosen "
-                f"{'by the same cross-validation' if sel.get('selected_on') == 'cv' else 'on validation'} "
+                f"{'by the same cross-validation' if cv else 'on validation'} "
                 f"among {', '.join(sel['readout_scores'])})."
                 if len(sel.get("readout_scores") or {}) > 1
                 else ""

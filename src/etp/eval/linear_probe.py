@@ -312,10 +312,7 @@ class LinearProbe:
                 loss = loss_fn(model(xt[b]), yt[b])
                 loss.backward()
                 opt.step()
-            pv = self._probs(model, xv)
-            metrics = classification_metrics(yv, pv, self.classes, warn=False)
-            metrics["loss"] = _cross_entropy(yv, pv)
-            score = -metrics["loss"] if cfg.select_by == "loss" else _val_score(metrics)
+            score, metrics = self._scored(yv, self._probs(model, xv))
             curve.append(score)
             if score > best[0]:
                 best = (score, epoch, copy.deepcopy(model.state_dict()), metrics)
@@ -368,9 +365,7 @@ class LinearProbe:
             wd, epoch, model, metrics = chosen[0]
         else:
             model = _mean_linear([c[2] for c in chosen])
-            pv = self._probs(model, xv)
-            metrics = classification_metrics(y_val, pv, self.classes, warn=False)
-            metrics["loss"] = _cross_entropy(y_val, pv)
+            _, metrics = self._scored(y_val, self._probs(model, xv))
             wd = float(np.median([c[0] for c in chosen]))
             epoch = int(round(float(np.median([c[1] for c in chosen]))))
         self.model = model
@@ -529,7 +524,8 @@ def select_readout(
     validation, like the weight decay: one probe per readout, each selected as usual, and the
     readout whose probe has the best validation criterion (``config.select_by``) wins; ties go to
     the first. A probe whose decay was cross-validated (``cv_folds``) is compared by its
-    cross-validated criterion instead, on the training records that chose the decay. Returns its name and its selected probe (test it with its own test features)."""
+    cross-validated criterion instead, on the training records that chose the decay. Returns its
+    name and its selected probe (test it with its own test features)."""
     if not readouts:
         raise ValueError("select_readout needs at least one readout")
     best: tuple[float, str, LinearProbe] | None = None
