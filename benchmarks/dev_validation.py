@@ -134,14 +134,18 @@ def probe_part(args: argparse.Namespace) -> list[str]:
                 }
                 for cand, (label, over) in candidates:
                     section = dataclasses.replace(cfg.probe, **over)
+                    fit = None
                     for sel in (half, ~half):
-                        chosen, probe = select_readout(
-                            classes,
-                            probe_config(section, 1.0, seed),
-                            {r: (f[r]["train"], f[r]["val"][sel]) for r in cand.split("|")},
-                            y["train"],
-                            y["val"][sel],
-                        )
+                        # a fit chosen by cross-validation never read its selection half: reuse it
+                        if fit is None or fit[1].selection.selected_on != "cv":
+                            fit = select_readout(
+                                classes,
+                                probe_config(section, 1.0, seed),
+                                {r: (f[r]["train"], f[r]["val"][sel]) for r in cand.split("|")},
+                                y["train"],
+                                y["val"][sel],
+                            )
+                        chosen, probe = fit
                         ys, ps = pooled.setdefault((cand, label), ([], []))
                         ys.append(y["val"][~sel])
                         ps.append(probe.predict_proba(f[chosen]["val"][~sel]))
