@@ -11,6 +11,7 @@ import torch
 
 from conftest import SAMPLE_DIR
 from etp.cli import main
+from etp.commands.evaluate import results_markdown
 
 
 def _save(path: Path, method: str = "etp") -> Path:
@@ -123,9 +124,17 @@ def test_lbfgs_probe_cross_validated_on_the_training_split(setup, capsys) -> Non
     assert "Selected by cross-validation over the training records" in out
     assert "(chosen by the same cross-validation among avg, avg+max)" in out
     rc, out, err = _run(capsys, *argv, *lbfgs, "--json")
-    sel = json.loads(out)["linear_probe"]["100%"]["selection"]
+    results = json.loads(out)
+    sel = results["linear_probe"]["100%"]["selection"]
     assert sel["selected_on"] == "cv" and sel["best_epoch"] == 0
     assert sel["readout_scores"][sel["readout"]] == pytest.approx(-sel["cv_loss"])
+    # the text quotes the value of the criterion that chose, and no epoch for the L-BFGS probe
+    assert f"(by cross-validated cross-entropy {sel['cv_loss']:.3f};" in results_markdown(results)
+    sel.update(select_by="auc")
+    assert f"(by cross-validated macro AUC {100 * sel['cv_auc']:.1f};" in results_markdown(results)
+    sel.update(selected_on="val")
+    text = results_markdown(results)
+    assert "weight decay" in text and "converged L-BFGS probe (by validation macro AUC)" in text
 
 
 def test_simclr_model_and_bad_arguments(setup, tmp_path, capsys) -> None:

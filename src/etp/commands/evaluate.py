@@ -301,21 +301,30 @@ def results_markdown(results: Mapping[str, Any], method: str | None = None) -> s
         m = with_ci(lp["test"], lp.get("ci"))
         sel = lp["selection"]
         cv = sel.get("selected_on") == "cv"
+        criterion = sel.get("select_by", "auc")
+        if cv:  # the value of the criterion that chose the decay, cross-validated
+            value = (
+                f"{sel.get('cv_loss', math.nan):.3f}"
+                if criterion == "loss"
+                else f"{100 * sel.get('cv_auc', math.nan):.1f}"
+            )
+            how = (
+                f"Selected by cross-validation over the training records: weight decay "
+                f"{sel['weight_decay']:g} (by cross-validated {_CRITERION[criterion]} {value}; "
+                "converged L-BFGS probe)"
+            )
+        else:  # epochs count from 1; 0 marks the converged L-BFGS probe, which has none
+            fit = f"epoch {sel['best_epoch']}" if sel["best_epoch"] else "converged L-BFGS probe"
+            how = (
+                f"Selected on validation: weight decay {sel['weight_decay']:g}, {fit} "
+                f"(by validation {_CRITERION[criterion]})"
+            )
         out += ["", f"## Linear probe — {frac} of the training labels (paper Table 1 layout)", ""]
         out.append(linear_probe_table({method: {ds: m}}, datasets=(ds,), paper=paper))
         out += [
             "",
-            (
-                f"Selected by cross-validation over the training records: weight decay "
-                f"{sel['weight_decay']:g} (by cross-validated "
-                f"{_CRITERION[sel.get('select_by', 'auc')]} {sel.get('cv_loss', math.nan):.3f}; "
-                "converged L-BFGS probe), val AUC "
-                if cv
-                else f"Selected on validation: weight decay {sel['weight_decay']:g}, epoch "
-                f"{sel['best_epoch']} (by validation {_CRITERION[sel.get('select_by', 'auc')]}), "
-                "val AUC "
-            )
-            + f"{100 * sel['val_auc']:.1f}, val cross-entropy {sel.get('val_loss', math.nan):.3f}; "
+            f"{how}, val AUC {100 * sel['val_auc']:.1f}, val cross-entropy "
+            f"{sel.get('val_loss', math.nan):.3f}; "
             f"{sel['n_train']} training "
             f"records; accuracy {100 * lp['test']['acc']:.1f}."
             + (
