@@ -141,6 +141,12 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     assert "encoder readout chosen by the same cross-validation among avg, avg+max" in md
     assert "Encoder readout chosen by cross-validation over the training records by the probe " \
         "fits (ptbxl, 100 % of the labels): ETP" in md
+    # per-class probe values for both datasets, with the counts of test records
+    assert "### Linear probe per class — ptbxl (100 % of the labels)" in md
+    assert "### Linear probe per class — cpsc2018 (100 % of the labels)" in md
+    block = md.split("### Linear probe per class — ptbxl")[1].split("###")[0]
+    assert "| Category | test records | Method | AUC | F1 |" in block
+    assert "| Macro |" in block and "| Random init |" in block
     assert "## Table 2 — zero-shot, ptbxl, shipped prompt variant, fixed for every rotation (`en via reports`)" in md
     assert "## Table 2 — zero-shot, ptbxl, prompt variant chosen on each rotation's validation fold" in md
     chosen = results["ptbxl"]["selection"]["etp"]["1.0"][0]

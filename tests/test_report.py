@@ -17,6 +17,7 @@ from etp.eval.report import (
     linear_probe_table,
     method_label,
     per_class_table,
+    probe_per_class_table,
     retrieval_table,
     combine_seeds,
     stat,
@@ -97,6 +98,29 @@ def test_other_tables() -> None:
     assert "| ETP | 10.0 | 30.0 | 50.0 | 20.0 | 40.0 | 60.0 |" in md
     pc = per_class_table(_zs(), columns=("auc", "acc", "f1"))
     assert pc.splitlines()[0] == "| Class | n | AUC | ACC | F1 |" and len(pc.splitlines()) == 7
+
+
+def test_probe_per_class_table() -> None:
+    from etp.eval.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), [50, 20, 15, 10, 5])
+    runs = [classification_metrics(y, rng.dirichlet(np.ones(5), size=y.size), PTBXL)
+            for _ in range(2)]
+    cells = combine_seeds(runs)
+    md = probe_per_class_table({"etp": cells, "random": runs[0]})
+    lines = md.splitlines()
+    assert lines[0] == "| Category | test records | Method | AUC | F1 |"
+    assert len(lines) == 2 + 6 * 2  # 5 classes + the macro row, 2 methods
+    hyp = [line for line in lines if line.startswith("| HYP | 5 | ETP |")][0]
+    auc = np.mean([r["per_class"]["HYP"]["auc"] for r in runs])
+    assert hyp.split(" | ")[3].startswith(f"{100 * auc:.1f} ± ")
+    macro = [line for line in lines if line.startswith("| Macro | 100 | Random init |")][0]
+    assert macro == f"| Macro | 100 | Random init | {100 * runs[0]['auc']:.1f} | {100 * runs[0]['f1']:.1f} |"
+    # counts stored as stat cells (the benchmark's results.json) print as integers
+    assert "| MI | 20 | ETP |" in probe_per_class_table(
+        {"etp": {"per_class": {"MI": {"auc": 0.7, "f1": 0.2, "n": {"mean": 20.0, "std": 0.0}}}}}
+    )
 
 
 def test_results_json(tmp_path, monkeypatch) -> None:

@@ -1088,6 +1088,7 @@ def render_markdown(
     from etp.eval.report import (
         linear_probe_table,
         method_label,
+        probe_per_class_table,
         retrieval_table,
         zero_shot_table,
     )
@@ -1157,6 +1158,14 @@ def render_markdown(
         fracs = [str(f) for f in cfg.probe.label_fractions]
         for ds in datasets:
             lp_all = results.get(ds, {}).get("linear_probe", {})
+            per_class = {m: _stat_cells(v[full]["stats"]) for m, v in lp_all.items() if full in v}
+            if per_class:
+                lines += [
+                    f"### Linear probe per class — {ds} ({float(full) * 100:g} % of the labels)",
+                    "",
+                    probe_per_class_table(per_class),
+                    "",
+                ]
             if len(fracs) > 1 and lp_all:
                 sizes = _fraction_sizes(results.get(ds, {}).get("selection", {}), fracs)
                 header = ["Method"] + [f"{float(f) * 100:g} % AUC" for f in fracs] + [
@@ -1356,9 +1365,9 @@ def _fmt(value: Any) -> str:
 
 
 def _md(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+    from etp.eval.report import markdown_table
+
+    return markdown_table(header, rows)
 
 
 def _plots(

@@ -260,6 +260,37 @@ def zero_shot_table(
     return markdown_table(header, rows)
 
 
+def probe_per_class_table(
+    results: Mapping[str, Mapping[str, Any]], classes: Sequence[str] | None = None
+) -> str:
+    """Per-class linear-probe values, one row per (class, method): test records, AUC, F1.
+
+    ``results[method] = {"per_class": {cls: {"auc", "f1", "n"}}}`` (plain values or stat cells),
+    as :func:`etp.eval.metrics.classification_metrics` gives it; the macro row comes from the
+    top-level ``auc`` / ``f1``. Table 1 shows only the macro values; rare classes decide them.
+    """
+    if classes is None:
+        classes = []
+        for r in results.values():
+            classes.extend(c for c in r.get("per_class", {}) if c not in classes)
+    rows = []
+    for cat in list(classes) + ["Macro"]:
+        for method, r in results.items():
+            cell = r if cat == "Macro" else r.get("per_class", {}).get(cat, {})
+            rows.append(
+                [cat, _count(cell.get("n") if cat != "Macro" else r.get("n")), method_label(method)]
+                + [format_stat(cell.get(m)) for m in ("auc", "f1")]
+            )
+    return markdown_table(["Category", "test records", "Method", "AUC", "F1"], rows)
+
+
+def _count(n: Any) -> str:
+    """A record count as text: a plain int, or a stat cell of one (the same in every seed)."""
+    if isinstance(n, Mapping):
+        n = n.get("mean")
+    return str(int(round(float(n)))) if _finite(n) else ""
+
+
 def retrieval_table(
     results: Mapping[str, Mapping[str, Any]], ks: Sequence[int] = (1, 5, 10)
 ) -> str:
