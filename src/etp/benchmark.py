@@ -1087,6 +1087,7 @@ def render_markdown(
     """results.md: records used, Tables 1-3, label fractions, prompt variants, retrieval."""
     from etp.eval.report import (
         linear_probe_table,
+        markdown_table,
         method_label,
         probe_per_class_table,
         retrieval_table,
@@ -1179,7 +1180,9 @@ def render_markdown(
                         for f in fracs
                     ]
                     rows.append([method_label(method)] + [_fmt(c) for c in cells])
-                lines += [f"### Linear probe by label fraction — {ds}", "", _md(header, rows), ""]
+                lines += [
+                    f"### Linear probe by label fraction — {ds}", "", markdown_table(header, rows), ""
+                ]
                 if sizes:
                     lines += [
                         "Training records per probe fit: "
@@ -1239,7 +1242,7 @@ def render_markdown(
                         _fmt(st.get("f1")),
                     ]
                 )
-        lines += [f"### Zero-shot prompt variants — {ds}", "", _md(header, rows), ""]
+        lines += [f"### Zero-shot prompt variants — {ds}", "", markdown_table(header, rows), ""]
         for method, v in zs.items():
             chosen = v.get("val-selected", {}).get("chosen")
             if chosen:
@@ -1324,7 +1327,7 @@ def _same_draw_note(sizes: Mapping[str, str], fracs: Sequence[str]) -> str:
 
 def _comparison_lines(results: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
     """The 'ETP against the baselines' table: paired differences with their CIs."""
-    from etp.eval.report import method_label
+    from etp.eval.report import markdown_table, method_label
 
     rows = []
     for ds in datasets:
@@ -1353,7 +1356,7 @@ def _comparison_lines(results: Mapping[str, Any], datasets: Sequence[str]) -> li
         "(the same resampled records for both methods). A CI above zero means ETP is better on "
         "these records beyond resampling noise; two separate CIs may overlap even then.",
         "",
-        _md(["Dataset", "Task", "Comparison", "AUC difference", "F1 difference"], rows),
+        markdown_table(["Dataset", "Task", "Comparison", "AUC difference", "F1 difference"], rows),
         "",
     ]
 
@@ -1362,12 +1365,6 @@ def _fmt(value: Any) -> str:
     from etp.eval.report import format_stat
 
     return format_stat(value)
-
-
-def _md(header: list[str], rows: list[list[str]]) -> str:
-    from etp.eval.report import markdown_table
-
-    return markdown_table(header, rows)
 
 
 def _plots(

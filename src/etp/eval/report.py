@@ -278,7 +278,7 @@ def probe_per_class_table(
         for method, r in results.items():
             cell = r if cat == "Macro" else r.get("per_class", {}).get(cat, {})
             rows.append(
-                [cat, _count(cell.get("n") if cat != "Macro" else r.get("n")), method_label(method)]
+                [cat, _count(cell.get("n")), method_label(method)]
                 + [format_stat(cell.get(m)) for m in ("auc", "f1")]
             )
     return markdown_table(["Category", "test records", "Method", "AUC", "F1"], rows)
