@@ -249,9 +249,15 @@ def _lbfgs_path(
     return out
 
 
-def _val_score(metrics: dict[str, Any]) -> float:
+def _val_score(metrics: Mapping[str, Any]) -> float:
     auc = metrics.get("auc", math.nan)
     return float(auc) if np.isfinite(auc) else float(metrics.get("acc", 0.0))
+
+
+def _criterion(metrics: Mapping[str, Any], select_by: str) -> float:
+    """The selection criterion of ``metrics`` (higher is better): minus the cross-entropy
+    (``metrics["loss"]``) or the macro AUC, as ``select_by``."""
+    return float(-metrics["loss"] if select_by == "loss" else _val_score(metrics))
 
 
 class LinearProbe:
@@ -403,8 +409,7 @@ class LinearProbe:
         """The selection criterion (higher is better) and the metrics of ``probs``."""
         metrics = classification_metrics(y, probs, self.classes, warn=False)
         metrics["loss"] = _cross_entropy(y, probs)
-        score = -metrics["loss"] if self.config.select_by == "loss" else _val_score(metrics)
-        return float(score), metrics
+        return _criterion(metrics, self.config.select_by), metrics
 
     def _cv_splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Stratified k-fold splits of the probe's training records; fewer folds when a class has
@@ -533,11 +538,10 @@ def select_readout(
     for name, (x_train, x_val) in readouts.items():
         probe = LinearProbe(classes, config)
         sel = probe.select(x_train, y_train, x_val, y_val)
-        if sel.selected_on == "cv":  # the same records and criterion that chose the decay
-            score = -sel.cv_loss if config.select_by == "loss" else _val_score({"auc": sel.cv_auc})
-        else:
-            score = -sel.val_loss if config.select_by == "loss" else _val_score(sel.val_metrics)
-        scores[name] = float(score)
+        # a cross-validated decay is compared on the same records and criterion that chose it
+        cv = {"loss": sel.cv_loss, "auc": sel.cv_auc}
+        score = _criterion(cv if sel.selected_on == "cv" else sel.val_metrics, config.select_by)
+        scores[name] = score
         if best is None or score > best[0]:
             best = (score, name, probe)
     assert best is not None
