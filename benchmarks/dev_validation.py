@@ -116,7 +116,7 @@ def probe_part(args: argparse.Namespace) -> list[str]:
     rows = []
     for method in args.methods.split(","):
         for seed in cfg.seeds:
-            pooled: dict[tuple[str, int], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+            pooled: dict[tuple[str, str], tuple[list[np.ndarray], list[np.ndarray]]] = {}
             for rot in rots:
                 # a random-init model is only an initialisation: made when missing, never trained
                 built = obtain_model(cfg, method, seed, rot, prepared, work, build=method == "random")
