@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,9 @@ SAMPLE_DIR = REPO / "data" / "sample"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# text embeddings (etp.text.cache.default_cache_dir) go to a directory of this test session,
+# shared by the commands the tests run as subprocesses, never to the user's cache
+os.environ["ETP_CACHE_DIR"] = tempfile.mkdtemp(prefix="etp-test-cache-")
 
 
 @pytest.fixture(scope="session")

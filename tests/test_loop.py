@@ -18,7 +18,10 @@ from etp.config import DataConfig, PretrainConfig, load_config
 from etp.errors import ConfigError, DataError, ModelError, TrainingError
 from etp.train import checkpoint as ckpt
 from etp.train import loop
-from etp.train.loop import EpochBatchSampler, lr_factor, pretrain, select_records
+from etp.data import batches
+from etp.data.batches import EpochBatchSampler
+from etp.data.selection import drop_empty_reports, select_records
+from etp.train.loop import lr_factor, pretrain
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def cache(ptbxl_sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of the sample cache (the loop writes text embeddings beside it)."""
+    """A private copy of the sample cache (tests alter their copy)."""
     dst = tmp_path_factory.mktemp("loop") / "cache"
     shutil.copytree(ptbxl_sample_cache, dst)
     return dst
@@ -50,7 +53,7 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 def etp_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One tiny ETP pretraining, recording which cache rows were read."""
     read: list[int] = []
-    original = loop.CacheBatches.__getitem__
+    original = batches.CacheBatches.__getitem__
 
     def spy(self, positions):  # type: ignore[no-untyped-def]
         item = original(self, positions)
@@ -59,7 +62,7 @@ def etp_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     out = tmp_path_factory.mktemp("etp-run") / "run"
     mp = pytest.MonkeyPatch()
-    mp.setattr(loop.CacheBatches, "__getitem__", spy)
+    mp.setattr(batches.CacheBatches, "__getitem__", spy)
     try:
         model_dir = pretrain(_cfg(cache, out))
     finally:
@@ -179,8 +182,14 @@ def test_etp_run_writes_a_loadable_model_and_logs(etp_run: dict, cache: Path) ->
     assert [int(r["epoch"]) for r in val] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["n_train"] == 16 and summary["n_val"] == 18
-    # text embeddings were cached beside the signals, once per distinct report
-    assert list((cache / "text_emb").glob("*.npy"))
+    # text embeddings were cached in the user's text-embedding cache, not inside the data cache
+    from etp.text.cache import default_cache_dir
+
+    assert list(default_cache_dir().glob("*.npy"))
+    assert not (cache / "text_emb").exists()
+    # the model directory records its objective and whether it trained on crops
+    objective = json.loads((model_dir / "config.json").read_text())["extra"]["objective"]
+    assert objective == {"name": "etp", "options": {"augment": False}, "trained_on_crops": False}
     # embeddings of ECG and text come out normalised
     x = prepared.get_batch([0, 1])
     assert np.allclose(np.linalg.norm(loaded.embed_ecg(x), axis=1), 1.0, atol=1e-4)
@@ -241,54 +250,6 @@ def test_simclr_run(cache: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "s" / "model-best").exists()  # no validation set -> no best model
 
 
-def test_etp_with_soft_targets_and_two_view_ssl(
-    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Both additions reach the loss: soft targets get the frozen report embeddings, and two
-    augmented views are matched to the report (twice) and to each other (NT-Xent)."""
-    from etp.losses.clip import ClipLoss
-    from etp.losses.simclr import NTXentLoss
-
-    seen: dict[str, list] = {"clip": [], "ssl": []}
-    clip_fwd, ssl_fwd = ClipLoss.forward, NTXentLoss.forward
-
-    def clip_spy(self, ecg, text, scale, reference=None):  # type: ignore[no-untyped-def]
-        seen["clip"].append((self.soft_weight, None if reference is None else reference.shape))
-        return clip_fwd(self, ecg, text, scale, reference)
-
-    def ssl_spy(self, z1, z2):  # type: ignore[no-untyped-def]
-        seen["ssl"].append(z1.shape)
-        return ssl_fwd(self, z1, z2)
-
-    monkeypatch.setattr(ClipLoss, "forward", clip_spy)
-    monkeypatch.setattr(NTXentLoss, "forward", ssl_spy)
-    model_dir = pretrain(
-        _cfg(cache, tmp_path / "soft", "train.epochs=1", "train.soft_targets=0.5",
-             "train.ssl_weight=0.5", "data.val_folds=null", "data.val_split=")
-    )
-    steps = json.loads((tmp_path / "soft" / "summary.json").read_text())["steps"]
-    assert steps >= 1 and len(seen["ssl"]) == steps and len(seen["clip"]) == 2 * steps
-    assert all(w == 0.5 and ref is not None and ref[0] == 8 for w, ref in seen["clip"])
-    assert all(tuple(shape) == (8, 512) for shape in seen["ssl"])
-    assert (model_dir / "model.safetensors").is_file()
-
-
-def test_frozen_text_head_keeps_its_initialisation(cache: Path, tmp_path: Path) -> None:
-    """train.freeze_text_head: the text projection is saved exactly as initialised; the ECG side
-    still trains."""
-    from etp.models.etp import ETPModel
-
-    model_dir = pretrain(_cfg(cache, tmp_path / "lit", "train.freeze_text_head=true", "train.epochs=1"))
-    saved = _weights(model_dir)
-    loop.seed_everything(0)
-    init = ETPModel(_cfg(cache, tmp_path / "x").model, text_dim=384, method="etp").state_dict()
-    text = [k for k in saved if k.startswith("text_head.")]
-    ecg = [k for k in saved if k.startswith("ecg_head.")]
-    assert text and ecg
-    assert all(torch.equal(saved[k], init[k].to(saved[k].dtype)) for k in text)
-    assert not all(torch.equal(saved[k], init[k].to(saved[k].dtype)) for k in ecg)
-
-
 def test_ema_run_saves_the_weight_average(cache: Path, tmp_path: Path) -> None:
     """With train.ema_decay the saved model is the moving average kept in the checkpoint, not the
     last weights; validation scores the average too."""
@@ -316,7 +277,7 @@ def test_mid_epoch_resume_is_exact(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float
 ) -> None:
     over = ["data.max_records=12", "train.batch_size=4", "train.precision=fp32", "train.checkpoint_every_steps=2",
-            "train.scheduler=cosine", "train.warmup_epochs=0.5", "train.etp_augment=true",
+            "train.scheduler=cosine", "train.warmup_epochs=0.5", "objective.augment=true",
             "data.val_folds=null", "data.val_split=", f"train.ema_decay={ema}"]
     full = pretrain(_cfg(cache, tmp_path / "full", *over))
 
@@ -382,9 +343,9 @@ def test_huge_learning_rate_is_reported_as_non_finite_loss(cache: Path, tmp_path
             r"model\.report_translation='/nonexistent/glossary\.yaml': report glossary .*cannot read",
         ),
         (["train.augment=[crop,zoom]", "train.method=simclr"], ConfigError, "unknown augmentation 'zoom'"),
-        (["train.soft_targets=1.5"], ConfigError, r"train\.soft_targets must be in \[0, 1\], got 1\.5"),
-        (["train.soft_target_temperature=0"], ConfigError, r"train\.soft_target_temperature must be > 0"),
-        (["train.ssl_weight=-1"], ConfigError, r"train\.ssl_weight must be >= 0, got -1"),
+        (["train.method=byol2"], ConfigError, r"train\.method: unknown objective 'byol2' \(known: .*simclr"),
+        (["train.method=simclr", "objective.temperature=0"], ConfigError, r"objective\.temperature must be > 0"),
+        (["objective.temperature=0.1"], ConfigError, r"unknown config key\(s\): objective\.temperature"),
         (["train.crop_min_frac=1.5"], ConfigError, r"train\.crop_min_frac must be in \(0, 1\], got 1\.5"),
     ],
 )
@@ -396,6 +357,15 @@ def test_bad_input_is_a_clear_error(
         cfg.data.cache = ""
     with pytest.raises(error, match=match):
         pretrain(cfg)
+
+
+@pytest.mark.parametrize(
+    "key", ["train.soft_targets=0.5", "train.ssl_weight=1", "train.freeze_text_head=true",
+            "model.pooling=avg", "model.text_normalize=true", "train.etp_augment=true"]
+)
+def test_removed_options_are_unknown_keys(cache: Path, tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown config key\\(s\\): {key.split('=')[0]}"):
+        _cfg(cache, tmp_path / "old", key)
 
 
 def test_missing_cache_is_a_data_error(tmp_path: Path) -> None:
@@ -413,7 +383,7 @@ def test_empty_reports_are_left_out_with_a_warning(
     meta = meta.copy()
     meta.loc[sel.train[0], "report"] = "   "
     with caplog.at_level("WARNING"):
-        kept = loop._drop_empty_reports(meta, sel, "report")
+        kept = drop_empty_reports(meta, sel, "report")
     assert kept.train.size == sel.train.size - 1
     assert kept.dropped_empty_reports == [meta.loc[sel.train[0], "record_id"]]
     assert "empty report" in caplog.text
@@ -426,7 +396,7 @@ def test_cache_batches_read_the_same_rows_as_the_memmap(cache: Path) -> None:
 
     prepared = load_prepared(cache)
     rows = np.array([7, 3, 150, 0, 42])
-    ds = loop.CacheBatches(prepared, rows)
+    ds = batches.CacheBatches(prepared, rows)
     x, got = ds[[4, 0, 2]]
     assert got.tolist() == [42, 7, 150]
     assert np.array_equal(x.numpy(), prepared.get_batch([42, 7, 150]))

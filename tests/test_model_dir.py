@@ -272,39 +272,22 @@ def test_missing_directory(tmp_path: Path) -> None:
         load_model_dir(tmp_path / "file")
 
 
-def test_ecg_head_reads_the_configured_readout(tmp_path: Path, text_spec: dict) -> None:
-    """model.pooling='avg+max': the ECG head reads the 1024-d average-and-maximum readout; the
-    probe's features keep their own readout argument; the choice survives a round trip."""
-    torch.manual_seed(0)
-    model = ETPModel(ModelConfig(pooling="avg+max"), text_dim=384).eval()
-    assert model.ecg_head.in_dim == 1024 and model.text_head.in_dim == 384
-    x = torch.randn(3, 12, 1000)
-    with torch.no_grad():
-        wide = model.features(x, "avg+max")
-        want = torch.nn.functional.normalize(model.ecg_head(wide).float(), dim=-1)
-        got = model.embed_ecg(x)
-        assert model.features(x).shape == (3, 512)
-    torch.testing.assert_close(got, want)
-    path = save_model_dir(tmp_path / "model", model, model.cfg, PREP, text_spec)
-    assert json.loads((path / "config.json").read_text())["model"]["pooling"] == "avg+max"
-    loaded = load_model_dir(path)
-    assert loaded.config.pooling == "avg+max"
-    np.testing.assert_allclose(loaded.embed_ecg(x.numpy()), got.numpy(), atol=1e-5)
-    with pytest.raises(ConfigError, match="unknown feature pooling 'max'"):
-        ETPModel(ModelConfig(pooling="max"), text_dim=384)  # type: ignore[arg-type]
-
-
-def test_model_dir_without_pooling_key_reads_the_average(
+def test_model_dir_with_removed_keys_at_the_kept_behaviour_loads(
     saved: tuple[Path, ETPModel], tmp_path: Path
 ) -> None:
-    """A model directory written before model.pooling existed loads with the paper's readout."""
+    """A directory written while model.pooling / model.text_normalize existed loads when they
+    hold the behaviour etp kept (the paper's readout, reports as written) ..."""
     path = _copy(saved[0], tmp_path / "old")
     meta = json.loads((path / "config.json").read_text())
-    meta["model"].pop("pooling")
+    meta["model"].update(pooling="avg", text_normalize=False)
     (path / "config.json").write_text(json.dumps(meta))
     loaded = load_model_dir(path)
-    assert loaded.config.pooling == "avg"
     x = np.random.default_rng(1).normal(size=(2, 12, 1000)).astype(np.float32)
     with torch.no_grad():
         ref = saved[1].embed_ecg(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(loaded.embed_ecg(x), ref, atol=1e-6)
+    # ... and is a clear error when they hold a removed behaviour
+    meta["model"]["pooling"] = "avg+max"
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model\.pooling='avg\+max' is an option this etp no longer has"):
+        load_model_dir(path)

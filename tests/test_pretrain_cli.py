@@ -42,7 +42,8 @@ def test_paper_settings() -> None:
         assert (t.lr, t.weight_decay) == (pytest.approx(2e-3), pytest.approx(1e-5))
         assert cfg.data.train_folds == [1, 2, 3, 4, 5, 6, 7, 8] and cfg.data.val_folds == [9]
         assert cfg.model.embed_dim == 512 and cfg.model.head == "linear"
-    assert load_config(PretrainConfig, CONFIGS / "simclr-ptbxl.yaml").train.simclr_temperature == 0.07
+    assert load_config(PretrainConfig, CONFIGS / "simclr-ptbxl.yaml").objective == {"temperature": 0.07}
+    assert load_config(PretrainConfig, CONFIGS / "etp-ptbxl.yaml").objective == {"augment": True}
     quick = load_config(PretrainConfig, CONFIGS / "quickstart.yaml")
     assert quick.data.cache == "runs/cache/sample-ptbxl"
 

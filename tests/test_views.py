@@ -81,15 +81,30 @@ def test_pooled_averages_views_and_renormalises_embeddings() -> None:
         ({"method": "simclr", "augment": ["crop"], "crop_min_frac": 0.8}, Views(3, 0.9)),
     ],
 )
-def test_model_views_follow_the_training_crops(train: dict | None, want: Views) -> None:
-    assert model_views(train) == want
+def test_model_views_of_directories_written_before_objectives(train: dict | None, want: Views) -> None:
+    assert model_views(None if train is None else {"train": train}) == want
+
+
+@pytest.mark.parametrize(
+    "crops, train, want",
+    [
+        (False, {"augment": ["crop"]}, Views()),
+        (True, {"augment": ["crop"]}, Views(3, 0.75)),
+        (True, {"augment": ["crop"], "crop_min_frac": 0.8}, Views(3, 0.9)),
+        # what the objective recorded wins over the legacy training keys
+        (False, {"method": "simclr", "augment": ["crop"]}, Views()),
+    ],
+)
+def test_model_views_follow_what_the_objective_recorded(crops: bool, train: dict, want: Views) -> None:
+    extra = {"train": train, "objective": {"name": "x", "trained_on_crops": crops}}
+    assert model_views(extra) == want
 
 
 def test_loaded_model_and_extract_use_the_models_views(tmp_path) -> None:
     torch.manual_seed(0)
     net = ETPModel(ModelConfig(), 16, "etp").eval()
-    train = {"method": "etp", "etp_augment": True, "augment": ["crop", "scale"]}
-    loaded = load_model_dir(save_model_dir(tmp_path / "m", net, extra={"train": train}))
+    extra = {"train": {"augment": ["crop", "scale"]}, "objective": {"trained_on_crops": True}}
+    loaded = load_model_dir(save_model_dir(tmp_path / "m", net, extra=extra))
     assert loaded.views == Views(3, 0.75)
     x = np.random.default_rng(0).normal(size=(6, 12, 1000)).astype(np.float32)
     with torch.no_grad():

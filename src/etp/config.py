@@ -60,11 +60,6 @@ class ModelConfig:
     in_leads: int = _f(12, "number of input leads")
     embed_dim: int = _f(512, "dimension of the shared ECG-text embedding space")
     head: Literal["linear", "mlp"] = _f("linear", "projection head type (paper: linear)")
-    pooling: Literal["avg", "avg+max"] = _f(
-        "avg",
-        "encoder readout the ECG projection head reads: 'avg' (the paper: average over time, "
-        "512-d) or 'avg+max' (average and maximum over time, 1024-d)",
-    )
     text_model: str = _f(
         "minilm",
         "frozen text model: 'minilm' (packaged all-MiniLM-L6-v2), a Hugging Face name "
@@ -72,9 +67,6 @@ class ModelConfig:
     )
     text_pooling: Literal["mean", "cls"] = _f("mean", "pooling of the text model's token states")
     text_max_length: int = _f(128, "maximum report length in tokens (longer is truncated)")
-    text_normalize: bool = _f(
-        False, "normalise report text (case, umlauts, whitespace) before encoding"
-    )
     report_translation: str = _f(
         "none",
         "translate non-English reports (and prompts) to English before encoding: 'none', "
@@ -90,7 +82,11 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, precision, checkpoints and logging of a pretraining run."""
 
-    method: Literal["etp", "simclr"] = _f("etp", "pretraining objective")
+    method: str = _f(
+        "etp",
+        "pretraining objective, by its registry name (`etp pretrain --help-config` lists them "
+        "with their `objective.*` settings)",
+    )
     epochs: int = _f(50, "number of epochs")
     batch_size: int = _f(128, "global batch size (split over processes under torchrun)")
     lr: float = _f(2e-3, "Adam learning rate")
@@ -106,38 +102,19 @@ class TrainConfig:
     log_every_steps: int = _f(10, "CSV log interval in steps")
     augment: list[str] = _f(
         ["crop", "scale", "noise", "baseline_wander", "sign_flip", "lead_mask"],
-        "SimCLR augmentations (also applied to ETP when etp_augment is true)",
+        "augmentations of the objectives that train on augmented views (SimCLR; ETP with "
+        "objective.augment)",
     )
     crop_min_frac: float = _f(
         0.5,
         "crop augmentation: the shortest segment, as a fraction of the record (segments of "
         "crop_min_frac to all of it are stretched back to the record's length)",
     )
-    etp_augment: bool = _f(False, "apply the augmentations to the ECG side of ETP too")
-    soft_targets: float = _f(
-        0.0,
-        "ETP: weight of soft targets from the frozen text model's report similarities, mixed "
-        "with the one-hot CLIP targets (0 = the paper's loss)",
-    )
-    soft_target_temperature: float = _f(
-        0.05, "ETP: temperature of the report-similarity softmax behind soft_targets"
-    )
-    ssl_weight: float = _f(
-        0.0,
-        "ETP: weight of an added NT-Xent loss between two augmented views of each ECG (both "
-        "views are also matched to the report); 0 = the paper's ECG-text loss alone",
-    )
-    freeze_text_head: bool = _f(
-        False,
-        "ETP: keep the text projection at its random initialisation (the text side fully "
-        "locked, as in LiT) so prompts never seen in training keep the text model's geometry",
-    )
     ema_decay: float = _f(
         0.0,
         "keep an exponential moving average of the weights (this decay per step) and save it as "
         "the model; 0 = off (the paper: the last weights)",
     )
-    simclr_temperature: float = _f(0.07, "NT-Xent temperature (paper: 0.07)")
     progress: bool = _f(True, "show a progress bar")
 
 
@@ -148,6 +125,11 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: dict[str, Any] = _f(
+        {},
+        "settings of the objective named by train.method (checked against its own options; "
+        "`etp pretrain --help-config` lists them)",
+    )
 
 
 # --------------------------------------------------------------------------------------------

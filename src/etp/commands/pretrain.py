@@ -1,4 +1,5 @@
-"""``etp pretrain``: ETP (ECG-report) or SimCLR pretraining from a YAML config plus overrides."""
+"""``etp pretrain``: pretrain an ECG encoder with any registered objective (ETP, SimCLR, ...) from a
+YAML config plus overrides."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     """Register ``etp pretrain``."""
     p = subparsers.add_parser(
         "pretrain",
-        help="pretrain an ECG encoder (ETP or SimCLR) on a prepared cache",
-        description="Pretrain a ResNet18-1D ECG encoder on a prepared cache: ETP aligns each ECG "
-        "with its report (frozen text model, CLIP loss); SimCLR contrasts two augmented views. "
-        "Settings come from the YAML config; KEY=VALUE arguments override single keys "
-        "(e.g. train.lr=1e-3 data.train_folds=[1,2]).",
+        help="pretrain an ECG encoder (ETP, SimCLR, ...) on a prepared cache",
+        description="Pretrain a ResNet18-1D ECG encoder on a prepared cache with the objective "
+        "train.method names: ETP aligns each ECG with its report (frozen text model, CLIP loss); "
+        "SimCLR contrasts two augmented views; --help-config lists them all. Settings come from "
+        "the YAML config; KEY=VALUE arguments override single keys (e.g. train.lr=1e-3 "
+        "data.train_folds=[1,2] objective.augment=true).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,19 +53,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(func=run)
 
 
+def _shown(default: object) -> str:
+    text = yaml.safe_dump(default, default_flow_style=True).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
 def help_config() -> str:
-    """Every config key with its default and help text (for ``--help-config``)."""
+    """Every config key with its default and help text (for ``--help-config``), the settings of
+    every registered objective included."""
+    from etp import objectives
+
     lines = []
     section = None
     for key, text, default in describe(PretrainConfig):
         head = key.split(".", 1)[0]
+        if head == "objective":
+            continue
         if head != section:
             section = head
             lines.append(f"{section}:")
-        shown = yaml.safe_dump(default, default_flow_style=True).strip()
-        shown = shown.removesuffix("\n...").removesuffix("...").strip()
-        lines.append(f"  {key} = {shown}")
+        lines.append(f"  {key} = {_shown(default)}")
         lines.append(f"      {text}")
+    lines.append("objective: (the settings of the objective that train.method names)")
+    for name in objectives.names():
+        cls = objectives.get(name)
+        import sys
+
+        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().split("\n")[0]
+        lines.append(f"  train.method={name}: {doc}")
+        rows = describe(cls.Options, "objective.")
+        if not rows:
+            lines.append("      (no settings)")
+        for key, text, default in rows:
+            lines.append(f"    {key} = {_shown(default)}")
+            lines.append(f"        {text}")
     return "\n".join(lines)
 
 

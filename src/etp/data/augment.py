@@ -33,7 +33,6 @@ __all__ = [
     "gaussian_noise",
     "lead_mask",
     "sign_flip",
-    "trains_on_augmented",
 ]
 
 
@@ -77,12 +76,6 @@ def _sample_std(x: torch.Tensor) -> torch.Tensor:
     centred = flat - flat.mean(dim=1, keepdim=True)
     var = centred.square().sum(dim=1) / (flat.shape[1] - 1)
     return var.sqrt()[:, None, None]
-
-
-def trains_on_augmented(method: str, etp_augment: bool, ssl_weight: float) -> bool:
-    """Whether pretraining with these settings augments its ECGs: SimCLR's two views, ETP's
-    ``etp_augment``, or ETP's two-view ``ssl_weight`` term."""
-    return method == "simclr" or bool(etp_augment) or ssl_weight > 0
 
 
 #: default range of crop_resize's segment, as a fraction of the record

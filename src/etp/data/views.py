@@ -1,13 +1,11 @@
 """Test-time views: an ECG seen as a few stretched crops, like the crops a model trained on.
 
-A model pretrained with the ``crop`` augmentation (SimCLR, and ETP with ``etp_augment``) only
-ever saw segments of 50-100 % of a record stretched back to the full length (75 % on average),
-never the record as it is. At inference such a model embeds a record better as the average over
-``n`` evenly spaced crops of that average fraction, each stretched back to the full length as
-:func:`etp.data.augment.crop_resize` does (linear interpolation, end points kept). In
-development runs (PTB-XL folds 1-9 only, fold 10 never read; ``benchmarks/dev_rotations.py``)
-three 75 % crops raised the zero-shot AUC by 1.2-1.7 and the linear-probe AUC by 1.8 over the
-plain record, for two seeds; on the whole rotated benchmark by 1.4 and 0.5.
+A model pretrained with the ``crop`` augmentation (SimCLR, and ETP with ``objective.augment``)
+only ever saw segments of 50-100 % of a record stretched back to the full length (75 % on
+average), never the record as it is. At inference such a model embeds a record as the average
+over ``n`` evenly spaced crops of that average fraction, each stretched back to the full length
+as :func:`etp.data.augment.crop_resize` does (linear interpolation, end points kept); why, with
+figures: docs/experiments.md.
 
 :class:`Views` is the setting (``n`` crops of ``crop`` of the length); :func:`model_views` the
 default for a model, read from the training settings in its directory; :func:`pooled` applies a
@@ -24,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from etp.data.augment import CROP_MAX_FRAC, CROP_MIN_FRAC, trains_on_augmented
+from etp.data.augment import CROP_MAX_FRAC, CROP_MIN_FRAC
 from etp.errors import ConfigError
 
 
@@ -38,7 +36,8 @@ def trained_crop(min_frac: float = CROP_MIN_FRAC) -> float:
 TRAINED_CROP = trained_crop()
 #: views of a crop-trained model: as many as keep CPU inference above 500 ECGs/s
 TRAINED_VIEWS = 3
-_CROP_NAMES = ("crop", "crop_resize")
+#: augmentation names that crop (and stretch back) the record
+CROP_NAMES = ("crop", "crop_resize")
 
 
 @dataclass(frozen=True)
@@ -107,23 +106,27 @@ class Views:
             ).to(x.dtype)
 
 
-def model_views(train: Mapping[str, Any] | None) -> Views:
-    """The default views of a model trained with settings ``train`` (a TrainConfig as a dict).
+def model_views(extra: Mapping[str, Any] | None) -> Views:
+    """The default views of a model, from the ``extra`` of its directory.
 
     :data:`TRAINED_VIEWS` crops of :func:`trained_crop` of the training's ``crop_min_frac``
-    (:data:`TRAINED_CROP` by default) when training cropped its ECGs (SimCLR, or ETP with
-    ``etp_augment`` or ``ssl_weight``, with ``crop`` among the augmentations); else the record as
-    it is (the paper's ETP, random init, unknown settings).
+    (:data:`TRAINED_CROP` by default) when its objective trained on crops
+    (``extra["objective"]["trained_on_crops"]``); else the record as it is (the paper's ETP,
+    random init, unknown settings). Directories written before objectives recorded this say it
+    through their training settings (SimCLR, or ETP with ``etp_augment``, with ``crop`` among
+    the augmentations).
     """
-    if not train:
+    if not extra:
         return Views()
-    augments = trains_on_augmented(
-        str(train.get("method", "etp")),
-        bool(train.get("etp_augment")),
-        float(train.get("ssl_weight") or 0),
-    )
-    names = train.get("augment") or ()
-    if augments and any(n in _CROP_NAMES for n in names):
+    train = extra.get("train") or {}
+    objective = extra.get("objective")
+    if isinstance(objective, Mapping) and "trained_on_crops" in objective:
+        crops = bool(objective["trained_on_crops"])
+    else:  # written before objectives recorded it
+        augments = train.get("method") == "simclr" or bool(train.get("etp_augment"))
+        augments = augments or float(train.get("ssl_weight") or 0) > 0
+        crops = augments and any(n in CROP_NAMES for n in (train.get("augment") or ()))
+    if crops:
         low = float(train.get("crop_min_frac") or CROP_MIN_FRAC)
         return Views(TRAINED_VIEWS, trained_crop(low))
     return Views()
@@ -148,4 +151,4 @@ def pooled(
     return F.normalize(mean, dim=-1) if normalise else mean
 
 
-__all__ = ["TRAINED_CROP", "TRAINED_VIEWS", "Views", "model_views", "pooled", "trained_crop"]
+__all__ = ["CROP_NAMES", "TRAINED_CROP", "TRAINED_VIEWS", "Views", "model_views", "pooled", "trained_crop"]

@@ -83,41 +83,15 @@ class ClipLoss(nn.Module):
     multiplier 1/temperature (``ETPModel.scale()``), a float or a 0-d/1-element tensor. Computed
     and returned in float32 even under autocast (float64 inputs stay float64). TrainingError when
     the global batch has fewer than 2 pairs or the shapes disagree.
-
-    Soft targets (beyond the paper; ``soft_weight`` > 0): with a few hundred reports, many
-    pairs in a batch have near-identical reports ("sinus rhythm, normal ECG"), and the one-hot
-    targets push their ECGs apart as if they were unrelated. Passing ``reference`` — the frozen
-    text model's embeddings of the same reports — mixes the diagonal with
-    ``softmax(cos(reference_i, reference_j) / soft_temperature)``, so that similar reports share
-    probability mass (the idea of MedCLIP's semantic matching loss, with the frozen text space
-    standing in for labels). ``soft_weight=0`` is exactly the paper's loss.
     """
-
-    def __init__(self, soft_weight: float = 0.0, soft_temperature: float = 0.05) -> None:
-        super().__init__()
-        if not 0.0 <= soft_weight <= 1.0:
-            raise TrainingError(f"ClipLoss: soft_weight must be in [0, 1], got {soft_weight}")
-        if soft_temperature <= 0:
-            raise TrainingError(
-                f"ClipLoss: soft_temperature must be > 0, got {soft_temperature}"
-            )
-        self.soft_weight = float(soft_weight)
-        self.soft_temperature = float(soft_temperature)
 
     def forward(
         self,
         ecg: torch.Tensor,
         text: torch.Tensor,
         logit_scale: torch.Tensor | float,
-        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
         check_pair(ecg, text, "ClipLoss", ("ecg features", "text features"))
-        if self.soft_weight > 0 and reference is None:
-            raise TrainingError("ClipLoss: soft targets need the reports' reference embeddings")
-        if reference is not None and (reference.dim() != 2 or reference.shape[0] != ecg.shape[0]):
-            raise TrainingError(
-                f"ClipLoss: reference must be ({ecg.shape[0]}, dim), got {tuple(reference.shape)}"
-            )
         device = ecg.device
         with fp32_region(device):
             scale = torch.as_tensor(logit_scale, device=device)
@@ -143,23 +117,8 @@ class ClipLoss(nn.Module):
             labels = torch.arange(offset, offset + local_n, device=device)
             logits_e2t = scale * ecg @ all_text.T  # (B_local, N): Eq. 3 rows
             logits_t2e = scale * text @ all_ecg.T  # (B_local, N): Eq. 4 rows
-            targets: torch.Tensor = labels
-            if self.soft_weight > 0:
-                assert reference is not None
-                targets = self._soft_targets(reference, labels, sizes, n)
-            summed = F.cross_entropy(logits_e2t, targets, reduction="sum") + F.cross_entropy(
-                logits_t2e, targets, reduction="sum"
+            summed = F.cross_entropy(logits_e2t, labels, reduction="sum") + F.cross_entropy(
+                logits_t2e, labels, reduction="sum"
             )
             share = summed * (world_size() / (2.0 * n))  # Eq. 5, scaled for DDP averaging
             return report_global(share)
-
-    @torch.no_grad()
-    def _soft_targets(
-        self, reference: torch.Tensor, labels: torch.Tensor, sizes: tuple[int, ...], n: int
-    ) -> torch.Tensor:
-        """(B_local, N) target rows: one-hot mixed with the reports' similarity softmax."""
-        ref = F.normalize(at_least_fp32(reference.detach()), dim=1)
-        all_ref = gather_with_grad(ref, sizes)
-        sim = F.softmax(ref @ all_ref.T / self.soft_temperature, dim=1)
-        onehot = F.one_hot(labels, n).to(sim.dtype)
-        return (1.0 - self.soft_weight) * onehot + self.soft_weight * sim

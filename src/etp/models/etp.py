@@ -32,47 +32,42 @@ from etp.errors import ConfigError, DataError, ModelError
 from etp.models.heads import ProjectionHead
 from etp.models.resnet1d import ResNet1d18, check_pooling
 
-METHODS = ("etp", "simclr", "random")
 ENCODERS: dict[str, type[nn.Module]] = {"resnet18_1d": ResNet1d18}
 FORMAT = "etp-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: model settings removed from etp, with the only value a directory may still hold for them
+#: (the value every model had unless it was a development run; see docs/experiments.md)
+REMOVED_MODEL_KEYS: dict[str, Any] = {"pooling": "avg", "text_normalize": False}
 
 
 class ETPModel(nn.Module):
     """ECG encoder + ECG (and text) projection heads + CLIP logit scale.
 
-    ``method``: ``"etp"`` (ECG-text, needs ``text_dim``), ``"simclr"`` (no text head; the ECG
-    head is the NT-Xent projector) or ``"random"`` (an untrained encoder, the paper's baseline;
-    keeps a text head when ``text_dim`` is given so that zero-shot runs on it).
+    ``text_dim``: width of the frozen text model's vectors; ``None`` builds no text head (an
+    objective without a text side). ``method`` is the name of the objective that trained the
+    model, recorded in its directory; the architecture does not depend on it.
     """
 
     def __init__(self, cfg: ModelConfig, text_dim: int | None = None, method: str = "etp") -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r} (choose one of {METHODS})")
         if cfg.encoder not in ENCODERS:
             raise ConfigError(f"model.encoder: unknown encoder {cfg.encoder!r} ({list(ENCODERS)})")
         if not cfg.init_temperature > 0:
             raise ConfigError(f"model.init_temperature must be > 0, got {cfg.init_temperature}")
-        if method == "simclr":
-            text_dim = None
         if text_dim is not None and (isinstance(text_dim, bool) or int(text_dim) < 1):
             raise ConfigError(f"text_dim must be a positive integer, got {text_dim!r}")
         self.cfg = cfg
-        self.method = method
+        self.method = str(method)
         self.text_dim = None if text_dim is None else int(text_dim)
         self.encoder = ENCODERS[cfg.encoder](in_leads=cfg.in_leads)
-        self.ecg_head = ProjectionHead(
-            self.encoder.feature_dim(check_pooling(cfg.pooling)), cfg.embed_dim, cfg.head
-        )
+        self.ecg_head = ProjectionHead(self.encoder.feature_dim("avg"), cfg.embed_dim, cfg.head)
         self.text_head = (
             ProjectionHead(self.text_dim, cfg.embed_dim, cfg.head) if self.text_dim else None
         )
         init = torch.tensor(math.log(1.0 / cfg.init_temperature), dtype=torch.float32)
-        # SimCLR uses a fixed NT-Xent temperature: an unused parameter would break DDP
-        if cfg.learn_temperature and method != "simclr":
+        if cfg.learn_temperature:
             self.logit_scale = nn.Parameter(init)
         else:
             self.register_buffer("logit_scale", init)
@@ -89,7 +84,7 @@ class ETPModel(nn.Module):
 
     def embed_ecg(self, x: Tensor) -> Tensor:
         """L2-normalised ECG embeddings ``(B, embed_dim)``."""
-        return F.normalize(self.ecg_head(self.encoder(x, self.cfg.pooling)).float(), dim=-1)
+        return F.normalize(self.ecg_head(self.encoder(x)).float(), dim=-1)
 
     def embed_text(self, t: Tensor) -> Tensor:
         """L2-normalised text embeddings from frozen text-model vectors ``(B, text_dim)``."""
@@ -197,6 +192,23 @@ def _read_meta(p: Path) -> dict[str, Any]:
     return meta
 
 
+def _current_model_keys(cfg_file: Path, model: Any) -> Any:
+    """``model`` (config.json's model settings) without the keys etp no longer has; a key that
+    holds anything but the behaviour etp kept is a ModelError naming it."""
+    if not isinstance(model, dict):
+        return model
+    out = dict(model)
+    for key, kept in REMOVED_MODEL_KEYS.items():
+        if key in out:
+            value = out.pop(key)
+            if value != kept:
+                raise ModelError(
+                    f"{cfg_file}: model.{key}={value!r} is an option this etp no longer has "
+                    f"(only {kept!r} is supported); load the model with etp 0.1.0"
+                )
+    return out
+
+
 def _check_state(p: Path, state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
     """Raise ModelError listing every missing / unexpected / mis-shaped tensor."""
     missing = sorted(set(expected) - set(state))
@@ -245,11 +257,9 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> "LoadedModel":
         raise ModelError(f"{p} is not a model directory (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
     meta = _read_meta(p)
     cfg_file = p / CONFIG_FILE
-    method = meta["method"]
-    if method not in METHODS:
-        raise ModelError(f"{cfg_file}: unknown method {method!r} (expected one of {METHODS})")
+    method = str(meta["method"])
     try:
-        cfg = from_dict(ModelConfig, meta["model"], prefix="model")
+        cfg = from_dict(ModelConfig, _current_model_keys(cfg_file, meta["model"]), prefix="model")
         model = ETPModel(cfg, meta["text_dim"], method)
     except (ConfigError, TypeError, ValueError) as exc:
         raise ModelError(f"{cfg_file}: {exc}") from None
@@ -304,7 +314,7 @@ class LoadedModel:
         self._text_encoder: Any = None
         self._translator: Any = None
         #: test-time views of every ECG (from the training settings; assign to change)
-        self.views = model_views(extra.get("train"))
+        self.views = model_views(extra)
 
     @property
     def device(self) -> torch.device:
@@ -382,8 +392,8 @@ class LoadedModel:
         return self._text_encoder
 
     def prepare_texts(self, texts: Sequence[str]) -> list[str]:
-        """Texts as the model saw its training reports: normalised and/or translated."""
-        from etp.data.text import NO_TRANSLATION, ReportTranslator, normalize_report
+        """Texts as the model saw its training reports: translated where it was trained so."""
+        from etp.data.text import NO_TRANSLATION, ReportTranslator
 
         out = list(texts)
         if self.config.report_translation != NO_TRANSLATION:
@@ -397,8 +407,6 @@ class LoadedModel:
             if self._translator is None:
                 self._translator = ReportTranslator(glossary)
             out = self._translator.translate(out)
-        elif self.config.text_normalize:
-            out = [normalize_report(t) for t in out]
         return out
 
     @torch.no_grad()
@@ -447,4 +455,4 @@ class LoadedModel:
         )
 
 
-__all__ = ["ETPModel", "LoadedModel", "save_model_dir", "load_model_dir", "unwrap", "METHODS"]
+__all__ = ["ETPModel", "LoadedModel", "save_model_dir", "load_model_dir", "unwrap"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 #: spec fields that decide the embedding values (the path may differ between machines)
 _KEY_FIELDS = ("fingerprint", "pooling", "max_length", "dim", "model_type")
+
+
+def default_cache_dir() -> Path:
+    """Where etp keeps text embeddings between runs: ``$ETP_CACHE_DIR/text_emb``, else
+    ``$XDG_CACHE_HOME/etp/text_emb``, else ``~/.cache/etp/text_emb``. Entries are keyed by the
+    text model and the texts, so one directory serves every dataset and run."""
+    root = os.environ.get("ETP_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "text_emb"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "etp" / "text_emb"
 
 
 def texts_hash(texts: Sequence[str]) -> str:

@@ -118,10 +118,12 @@ def save_checkpoint(
     generators: dict[str, torch.Generator] | None = None,
     data: dict[str, Any] | None = None,
     ema: torch.nn.Module | None = None,
+    objective: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write a checkpoint atomically to ``path`` (a crash never leaves a torn file).
 
-    ``ema``: the moving average of the weights, when the run keeps one.
+    ``ema``: the moving average of the weights, when the run keeps one; ``objective``: the
+    state of the objective's own parts (a target network, a predictor), when it has any.
     """
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -135,6 +137,7 @@ def save_checkpoint(
         "arch": arch,
         "data": data or {},
         "ema": ema.state_dict() if ema is not None else None,
+        "objective": dict(objective or {}),
     }
     with atomic_path(Path(path)) as tmp:
         torch.save(payload, tmp)
