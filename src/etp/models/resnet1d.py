@@ -116,6 +116,12 @@ class ResNet1d18(nn.Module):
         """Width of the features of readout ``pooling`` (512 or 1024)."""
         return self.out_dim * POOLINGS[check_pooling(pooling)]
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last stage's output before pooling: ``(B, leads, L) -> (B, 512, T)``, T = L/32
+        (rounded up): one 512-d latent per ~0.32 s at 100 Hz, the time steps of CPC and TS-TCC."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward(self, x: Tensor, pooling: str = "avg") -> Tensor:
         """``(B, leads, L) -> (B, 512)`` (``pooling="avg"``) or ``(B, 1024)`` (``"avg+max"``)."""
         if x.dim() != 3 or x.shape[1] != self.in_leads or x.shape[-1] < 1:
@@ -123,8 +129,7 @@ class ResNet1d18(nn.Module):
                 f"ECG encoder expects a batch of shape (B, {self.in_leads}, L), "
                 f"got {tuple(x.shape)}"
             )
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.feature_map(x)
         if pooling == "avg":
             return torch.flatten(self.pool(x), 1)
         return global_pool(x, pooling)
