@@ -133,7 +133,7 @@ def training_rows(cache: Path) -> tuple[Any, np.ndarray]:
     """(prepared cache, rows of folds 1-8 with a non-empty report) — the pretraining records."""
     from etp.config import DataConfig
     from etp.data.cache import load_prepared
-    from etp.train.loop import select_records
+    from etp.data.selection import select_records
 
     prepared = load_prepared(cache)
     sel = select_records(prepared.meta, DataConfig(train_folds=list(range(1, 9)), val_folds=[9], exclude_folds=[10]))
@@ -446,13 +446,15 @@ print("RSS-JSON " + json.dumps({"rc": rc, "VmHWM_kb": kb("VmHWM"), "RssAnon_kb":
 def peak_rss(cache: Path, work: Path, records: int, batch: int, epochs: int, workers: int) -> dict[str, Any]:
     out = work / f"rss-{records}-b{batch}-w{workers}"
     shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(cache / "text_emb", ignore_errors=True)  # same (cold) start for every run
+    text_cache = work / f"text-cache-{records}-b{batch}-w{workers}"
+    shutil.rmtree(text_cache, ignore_errors=True)  # same (cold) start for every run
     args = [
         "pretrain", f"data.cache={cache}", f"train.out_dir={out}", f"data.max_records={records}",
         "data.val_split=", f"train.batch_size={batch}", f"train.epochs={epochs}",
         f"train.num_workers={workers}", "train.progress=false", "train.precision=bf16",
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               ETP_CACHE_DIR=str(text_cache))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _RSS_RUNNER, *args], capture_output=True, text=True, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RSS-JSON ")]

@@ -63,6 +63,10 @@ def test_help_config_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None
     for key in ("data.exclude_folds", "model.text_model", "train.checkpoint_every_steps"):
         assert key in out
     assert "Adam learning rate" in out
+    # every registered objective with its own settings
+    for text in ("train.method=etp", "objective.augment", "train.method=simclr",
+                 "objective.temperature", "train.method=random"):
+        assert text in out
 
 
 @pytest.mark.parametrize(

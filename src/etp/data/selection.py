@@ -145,4 +145,16 @@ def drop_empty_reports(meta: Any, sel: RecordSelection, column: str) -> RecordSe
     return RecordSelection(keep[0], keep[1], sel.held_out, dropped)
 
 
-__all__ = ["RecordSelection", "assert_disjoint", "drop_empty_reports", "select_records"]
+def patient_codes(meta: Any) -> np.ndarray:
+    """An integer per record's patient (records of one patient share it; -1: none given)."""
+    codes = np.full(len(meta), -1, dtype=np.int64)
+    if "patient_id" in meta.columns:
+        pid = meta["patient_id"].fillna("").astype(str).str.strip().to_numpy()
+        known = pid != ""
+        if known.any():
+            _, inverse = np.unique(pid[known], return_inverse=True)
+            codes[known] = inverse
+    return codes
+
+
+__all__ = ["RecordSelection", "assert_disjoint", "drop_empty_reports", "patient_codes", "select_records"]

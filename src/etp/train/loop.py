@@ -24,7 +24,6 @@ negatives from the whole global batch, and only rank 0 writes files.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -42,12 +41,13 @@ from torch.utils.data import DataLoader, Sampler
 from etp import objectives
 from etp.config import PretrainConfig, save_yaml, to_dict
 from etp.data.batches import CacheBatches, EpochBatchSampler
-from etp.data.selection import drop_empty_reports, select_records
+from etp.data.selection import drop_empty_reports, patient_codes, select_records
 from etp.errors import ConfigError, DataError, TrainingError
-from etp.io import atomic_write_json, atomic_write_text
+from etp.io import atomic_write_json
 from etp.models.channels_last import enable_channels_last
 from etp.objectives.base import Batch, Objective, RunContext
 from etp.train import checkpoint as ckpt
+from etp.train.logs import CsvLog, tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ BEST_MODEL_DIR = "model-best"
 
 
 # ----------------------------------------------------------------------------------------------
-# Seeding, schedule, logs
+# Seeding, schedule
 # ----------------------------------------------------------------------------------------------
 
 
@@ -82,44 +82,6 @@ def lr_factor(step: int, kind: str, total_steps: int, warmup_steps: int) -> floa
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-
-
-class _CsvLog:
-    """Append-only CSV log; on resume, rows after the checkpoint's step are discarded."""
-
-    def __init__(self, path: Path, columns: tuple[str, ...], keep_until_step: int | None) -> None:
-        self.path = path
-        self.columns = columns
-        rows: list[dict[str, str]] = []
-        if keep_until_step is not None and path.is_file():
-            with path.open(newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= keep_until_step]
-        lines = [",".join(columns)] + [",".join(r.get(c, "") for c in columns) for r in rows]
-        atomic_write_text(path, "\n".join(lines) + "\n")
-        self._fh = path.open("a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._fh)
-
-    def write(self, **values: Any) -> None:
-        self._writer.writerow([_fmt(values.get(c, "")) for c in self.columns])
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
-def _tensorboard(out_dir: Path) -> Any | None:
-    """A TensorBoard SummaryWriter when the tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - optional dependency (ImportError and friends)
-        return None
-    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +196,7 @@ class _Run:
         if self.objective_cls.needs_reports:
             sel = drop_empty_reports(meta, sel, "report")
         self.sel = sel
-        self.patients = _patient_codes(meta)
+        self.patients = torch.from_numpy(patient_codes(meta))
         world, bs = self.dist.world_size, cfg.train.batch_size
         self.local_bs = bs // world
         n_train = int(sel.train.size)
@@ -288,47 +250,15 @@ class _Run:
     def _text_side(self) -> None:
         """The frozen text model's spec and width; and, for objectives trained on reports, each
         distinct training/validation report embedded once."""
-        from etp.data.text import ReportTranslator, translation_glossary
-        from etp.text.cache import default_cache_dir, embed_texts
-        from etp.text.encoder import TextEncoder
-        from etp.train.distributed import barrier
+        from etp.text.reports import report_embeddings, text_side
 
-        m = self.cfg.model
-        encoder = TextEncoder(
-            m.text_model, pooling=m.text_pooling, max_length=m.text_max_length, device=str(self.device)
-        )
+        encoder, self.text_spec = text_side(self.cfg.model, str(self.device))
         self.text_dim = int(encoder.dim)
-        self.text_spec = dict(encoder.spec)
-        glossary = translation_glossary(m.report_translation)
-        if glossary is not None:
-            # the glossary travels with the model so that prompts are translated the same way
-            self.text_spec["report_glossary"] = glossary
-        if not self.objective_cls.needs_reports:
-            return
-        used = np.concatenate([self.sel.train, self.sel.val])
-        texts = self.prepared.meta["report"].astype(str).to_numpy()[used].tolist()
-        if glossary is not None:
-            texts = ReportTranslator(glossary).translate(texts)
-        # rank 0 encodes (and fills the on-disk cache) first; the others then read it
-        if not self.main:
-            barrier()
-        t0 = time.perf_counter()
-        ids = self.prepared.meta["record_id"].astype(str).to_numpy()[used].tolist()
-        emb, index = embed_texts(texts, encoder, cache_dir=default_cache_dir(), ids=ids)
-        if self.main:
-            barrier()
-            log.info(
-                "text embeddings: %d reports, %d distinct, dim %d (%.1f s)",
-                len(texts),
-                emb.shape[0],
-                emb.shape[1],
-                time.perf_counter() - t0,
+        if self.objective_cls.needs_reports:
+            used = np.concatenate([self.sel.train, self.sel.val])
+            self.text_emb, self.text_row = report_embeddings(
+                self.prepared, used, encoder, self.text_spec, main=self.main
             )
-        del encoder
-        row = np.full(len(self.prepared), -1, dtype=np.int64)
-        row[used] = np.asarray(index, dtype=np.int64)
-        self.text_emb = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
-        self.text_row = torch.from_numpy(row)
 
     def _build_model(self) -> None:
         from etp.models.etp import ETPModel
@@ -587,9 +517,9 @@ class _Run:
         tb = None
         if self.main:
             keep = pos.step if resume else None
-            train_log = _CsvLog(self.out / "train_log.csv", TRAIN_LOG_COLUMNS, keep)
-            val_log = _CsvLog(self.out / "val_log.csv", VAL_LOG_COLUMNS, keep)
-            tb = _tensorboard(self.out)
+            train_log = CsvLog(self.out / "train_log.csv", TRAIN_LOG_COLUMNS, keep)
+            val_log = CsvLog(self.out / "val_log.csv", VAL_LOG_COLUMNS, keep)
+            tb = tensorboard(self.out)
         try:
             self._train(pos, train_log, val_log, tb)
         finally:
@@ -715,18 +645,6 @@ class _Run:
                 )
             pos.epoch, pos.batch = epoch + 1, 0
             self._save_checkpoint(pos)
-
-
-def _patient_codes(meta: Any) -> Tensor:
-    """An integer per record's patient (records of one patient share it; -1: none given)."""
-    codes = np.full(len(meta), -1, dtype=np.int64)
-    if "patient_id" in meta.columns:
-        pid = meta["patient_id"].fillna("").astype(str).str.strip().to_numpy()
-        known = pid != ""
-        if known.any():
-            _, inverse = np.unique(pid[known], return_inverse=True)
-            codes[known] = inverse
-    return torch.from_numpy(codes)
 
 
 class _StateView:
