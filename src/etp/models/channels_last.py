@@ -2,10 +2,10 @@
 
 oneDNN's fastest bf16 CPU convolutions work on channels-last (NHWC) data; a 3-D (B, C, L) tensor
 is always channels-first, so every Conv1d reorders its input and output. Running the same weights
-as (1 x k) Conv2d on (B, C, 1, L) channels-last tensors avoids the reorders: ~25% more samples/s
-for ResNet18-1D training here (benchmarks/pretrain_speed.md). Parameters, buffers and the saved
-model are unchanged; only one instance's forward computation differs, and it is checked against
-the module's own forward before use (:func:`enable_channels_last`).
+as (1 x k) Conv2d on (B, C, 1, L) channels-last tensors avoids the reorders (figures:
+docs/experiments.md, speed work). Parameters, buffers and the saved model are unchanged; only
+one instance's forward computation differs, and it is checked against the module's own forward
+before use (:func:`enable_channels_last`).
 """
 
 from __future__ import annotations
@@ -97,11 +97,9 @@ def enable_channels_last(encoder: nn.Module) -> bool:
     """Make ``encoder`` (a ResNet1d18) compute with 2-D channels-last convolutions.
 
     The fast forward is first compared with the module's own forward (outputs, gradients and
-    BatchNorm running statistics, on float64 copies: in fp32 the summation order alone moved
-    some gradients by up to 3 % for 2-3 of 40 random initialisations -- a ReLU input near zero on
-    the check's small batch -- and the fast path was refused for nothing;
-    ``benchmarks/channels_last_check.py``); on any difference or unsupported layer the encoder is
-    left as it is and False is returned.
+    BatchNorm running statistics, on float64 copies: in fp32 the summation order alone can
+    exceed a tight tolerance; see docs/experiments.md); on any difference or unsupported layer
+    the encoder is left as it is and False is returned.
     """
     import copy
     from functools import partial
