@@ -212,7 +212,8 @@ def test_cmlc_trains_through_pretrain_on_the_records_patients(
     rows = torch.cat([r for r, _ in seen]).numpy()
     codes = torch.cat([c for _, c in seen]).numpy()
     assert (codes >= 0).all()
-    assert np.array_equal(pid[rows][:, None] == pid[rows][None, :], codes[:, None] == codes[None, :])
+    same_pid = pid[rows][:, None] == pid[rows][None, :]
+    assert np.array_equal(same_pid, codes[:, None] == codes[None, :])
     loaded = load_model_dir(tmp_path / "r" / "model")
     assert loaded.method == "clocs" and not loaded.has_text
     assert loaded.model.encoder.in_leads == 12  # the 12-lead encoder the evaluation reads
@@ -301,3 +302,19 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path: Path) -> 
         assert got["loss"] == pytest.approx(want.item(), rel=1e-5)
         for n, p in ref.named_parameters():
             torch.testing.assert_close(got["grads"][n], p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["cmsc", "cmlc"])
+def test_shipped_configs_hold_the_papers_settings(variant: str) -> None:
+    from etp.config import PretrainConfig, load_config
+
+    path = Path(__file__).parent.parent / "configs" / f"clocs-{variant}-ptbxl.yaml"
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.data.train_folds == [1, 2, 3, 4, 5, 6, 7, 8] and cfg.data.val_folds == [9]
+    assert cfg.data.exclude_folds == [10]
+    t = cfg.train
+    assert (t.method, t.batch_size, t.lr) == ("clocs", 256, pytest.approx(1e-4))
+    assert t.weight_decay == 0.0
+    opts = objectives.get("clocs").parse_options(cfg.objective)
+    assert (opts.variant, opts.temperature) == (variant, 0.1)
+    assert variant == "cmsc" or lead_indices(opts.leads) == list(range(12))

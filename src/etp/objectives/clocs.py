@@ -1,4 +1,4 @@
-"""CLOCS (Kiyasseh, Zhu & Clifton, ICML 2021): patient-aware contrast of segments (CMSC) or leads (CMLC)."""
+"""CLOCS (Kiyasseh, Zhu & Clifton, ICML 2021): patient-aware contrast of segments or leads."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class ClocsOptions:
     temperature: float = config_field(0.1, "softmax temperature of the loss (the paper: 0.1)")
     leads: list[str] = config_field(
         list(LEADS),
-        "CMLC: the leads that are views (>= 2, by name); the paper's 4-lead setting is "
+        "CMLC: the leads that are views (>= 2, by name); the authors' 4-lead setting is "
         "[II, V2, aVL, aVR]",
     )
 
