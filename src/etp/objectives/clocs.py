@@ -100,28 +100,31 @@ class ClocsObjective(Objective):
                 f"model.in_leads={in_leads}"
             )
 
-    def inputs(self, batch: Batch) -> tuple[list[Tensor], Tensor | None]:
-        x = batch.x
+    def inputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        if self.options.variant == "cmsc" and batch.x.shape[-1] < 2:
+            raise DataError(
+                f"CLOCS CMSC splits each record in two halves; records of {batch.x.shape[-1]} "
+                "sample(s) are too short"
+            )
+        return batch.x, batch.patients
+
+    def views(self, x: Tensor) -> list[Tensor]:
+        """The variant's views of a batch ``(B, leads, L)``."""
         if self.options.variant == "cmsc":
-            if x.shape[-1] < 2:
-                raise DataError(
-                    f"CLOCS CMSC splits each record in two halves; records of {x.shape[-1]} "
-                    "sample(s) are too short"
-                )
-            views = segment_views(x)
-        else:
-            views = lead_views(x, self.lead_index)
-        return views, batch.patients
+            return segment_views(x)
+        return lead_views(x, self.lead_index)
 
     def forward(
-        self, inputs: tuple[list[Tensor], Tensor | None], model: nn.Module | None = None
+        self, inputs: tuple[Tensor, Tensor | None], model: nn.Module | None = None
     ) -> tuple[Tensor, dict[str, float]]:
-        views, patients = inputs
+        x, patients = inputs
         net = self.net(model)
         z = []
-        for v in views:
+        # the views are cut on the device (one transfer per batch, not one per lead); each is its
+        # own encoder batch, as in the authors' code (batch-norm statistics per view)
+        for v in self.views(self.ctx.to_device(x)):
             with self.ctx.autocast():
-                z.append(net.embed_ecg(self.ctx.to_device(v)).float())
+                z.append(net.embed_ecg(v).float())
         if patients is not None:
             patients = self.ctx.to_device(patients)
         return self.loss_fn(z, patients), {}
