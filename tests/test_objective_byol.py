@@ -155,8 +155,8 @@ def _args(cache: Path, out: Path) -> list[str]:
     return [
         "pretrain", f"data.cache={cache}", f"train.out_dir={out}", "train.method=byol",
         "data.train_folds=[1,2,3,4,5,6,7,8]", "data.val_folds=[9]", "data.exclude_folds=[10]",
-        "data.max_records=12", "train.batch_size=4", "train.epochs=2", "train.precision=fp32",
-        "train.checkpoint_every_steps=2", "train.progress=false", *small,
+        "data.max_records=8", "train.batch_size=4", "train.epochs=2", "train.precision=fp32",
+        "train.checkpoint_every_steps=1", "train.progress=false", *small,
     ]
 
 
@@ -176,7 +176,7 @@ def test_byol_trains_through_pretrain_and_resumes_the_target_exactly(
 
     def crash_after(self, pos):  # type: ignore[no-untyped-def]
         original(self, pos)
-        if pos.step == 4:  # mid-epoch 2 (3 steps per epoch)
+        if pos.step == 3:  # mid-epoch 2 (2 steps per epoch)
             raise _Crash
 
     monkeypatch.setattr(loop._Run, "_save_checkpoint", crash_after)
