@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from etp import objectives
 from etp.cli import main
-from etp.config import ModelConfig, TrainConfig
+from etp.config import ModelConfig, PretrainConfig, TrainConfig, load_config
 from etp.data.cache import load_prepared
 from etp.errors import ConfigError
 from etp.models.etp import ETPModel, load_model_dir
@@ -141,6 +141,31 @@ def test_options_and_batch_size_are_checked() -> None:
         byol.parse_options({"projector_dim": 0})
     with pytest.raises(ConfigError, match="train.batch_size=1: byol's projector"):
         byol.check_batch_size(1)
+
+
+def test_one_sample_per_process_is_refused_in_training_only(ptbxl_sample_cache: Path) -> None:
+    obj = _byol()
+    one = _batch(ptbxl_sample_cache, n=1)
+    with pytest.raises(ConfigError, match="1 sample per process and batch; BatchNorm"):
+        obj.inputs(one)
+    obj.eval()  # validation: BatchNorm uses its running statistics
+    with torch.no_grad():
+        loss, _ = obj(obj.inputs(one))
+    assert torch.isfinite(loss)
+
+
+def test_shipped_config_has_the_paper_settings_and_runs_the_checks() -> None:
+    cfg = load_config(PretrainConfig, Path(__file__).parents[1] / "configs" / "byol-ptbxl.yaml")
+    t = cfg.train
+    assert (t.method, t.epochs, t.batch_size) == ("byol", 50, 128)
+    assert (t.lr, t.weight_decay, t.scheduler) == (pytest.approx(2e-3), pytest.approx(1e-5), "none")
+    assert cfg.data.train_folds == [1, 2, 3, 4, 5, 6, 7, 8] and cfg.data.val_folds == [9]
+    assert cfg.data.exclude_folds == [10]
+    assert cfg.objective == {
+        "projector_hidden": 4096, "projector_dim": 256, "predictor_hidden": 4096, "tau_base": 0.996,
+    }
+    cls, options = loop.validate_config(cfg)
+    assert cls.name == "byol" and cls.augments(options)
 
 
 # -- a short run through `etp pretrain`, cut and resumed --------------------------------------

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from etp import objectives
 from etp.cli import main
-from etp.config import ModelConfig, TrainConfig
+from etp.config import ModelConfig, PretrainConfig, TrainConfig, load_config
 from etp.data.cache import load_prepared
 from etp.errors import ConfigError
 from etp.models.etp import ETPModel
@@ -73,10 +73,13 @@ def _grads(obj: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_the_objective_stops_the_gradient_on_the_projection_branch(ptbxl_sample_cache: Path) -> None:
+def test_the_objective_stops_the_gradient_on_the_projection_branch(
+    ptbxl_sample_cache: Path,
+) -> None:
     obj = _simsiam()
     x = torch.from_numpy(load_prepared(ptbxl_sample_cache).get_batch(list(range(4))))
-    inputs = obj.inputs(Batch(x=x, rows=torch.arange(4), generator=torch.Generator().manual_seed(0)))
+    gen = torch.Generator().manual_seed(0)
+    inputs = obj.inputs(Batch(x=x, rows=torch.arange(4), generator=gen))
     loss, _ = obj(inputs)
     loss.backward()
     got = _grads(obj)
@@ -103,10 +106,22 @@ def test_options_are_checked() -> None:
     simsiam = objectives.get("simsiam")
     opts = simsiam.parse_options({})
     assert (opts.projector_dim, opts.predictor_hidden) == (2048, 512)
-    with pytest.raises(ConfigError, match=r"objective\.predictor_hidden must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"objective\.predictor_hidden must be a positive"):
         simsiam.parse_options({"predictor_hidden": -1})
     with pytest.raises(ConfigError, match=r"unknown config key\(s\): objective\.tau_base"):
         simsiam.parse_options({"tau_base": 0.99})
+
+
+def test_shipped_config_has_the_paper_settings_and_runs_the_checks() -> None:
+    cfg = load_config(PretrainConfig, Path(__file__).parents[1] / "configs" / "simsiam-ptbxl.yaml")
+    t = cfg.train
+    assert (t.method, t.epochs, t.batch_size) == ("simsiam", 50, 128)
+    assert (t.lr, t.weight_decay, t.scheduler) == (pytest.approx(2e-3), pytest.approx(1e-5), "none")
+    assert cfg.data.train_folds == [1, 2, 3, 4, 5, 6, 7, 8] and cfg.data.val_folds == [9]
+    assert cfg.data.exclude_folds == [10]
+    assert cfg.objective == {"projector_dim": 2048, "predictor_hidden": 512}
+    cls, options = loop.validate_config(cfg)
+    assert cls.name == "simsiam" and cls.augments(options)
 
 
 # -- a short run through `etp pretrain` ------------------------------------------------------

@@ -1,5 +1,4 @@
-"""BYOL (Grill et al., NeurIPS 2020, "Bootstrap your own latent"): an online network predicts a
-slowly moving target network's projection of another view of the same ECG."""
+"""BYOL (Grill et al., NeurIPS 2020): predict an EMA target network's projection of another view."""
 
 from __future__ import annotations
 
@@ -21,7 +20,9 @@ from etp.objectives._siamese import SiameseObjective, bn_mlp, check_dims
 @dataclass
 class BYOLOptions:
     projector_hidden: int = config_field(4096, "projector MLP hidden width (the paper: 4096)")
-    projector_dim: int = config_field(256, "projection width, the space the loss compares in (the paper: 256)")
+    projector_dim: int = config_field(
+        256, "projection width, the space the loss compares in (the paper: 256)"
+    )
     predictor_hidden: int = config_field(4096, "predictor MLP hidden width (the paper: 4096)")
     tau_base: float = config_field(
         0.996,
@@ -71,7 +72,8 @@ class BYOLObjective(SiameseObjective):
     def setup(self) -> None:
         o, device = self.options, self.ctx.device
         self.freeze_unused_model_parts()
-        self.projector = bn_mlp(self.model.feature_dim, o.projector_hidden, o.projector_dim).to(device)
+        enc_dim = self.model.feature_dim
+        self.projector = bn_mlp(enc_dim, o.projector_hidden, o.projector_dim).to(device)
         self.predictor = bn_mlp(o.projector_dim, o.predictor_hidden, o.projector_dim).to(device)
         # the target starts as a copy of the online network (the channels-last fast path of a
         # deep-copied encoder runs on the copy's own weights)
@@ -81,7 +83,9 @@ class BYOLObjective(SiameseObjective):
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.model.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
-    def forward(self, inputs: Tensor, model: nn.Module | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, inputs: Tensor, model: nn.Module | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         v1, v2 = self.views(inputs)
         net = self.net(model)
         with self.ctx.autocast():

@@ -1,5 +1,4 @@
-"""SimSiam (Chen & He, CVPR 2021, "Exploring simple Siamese representation learning"): one network
-predicts its own projection of another view of the same ECG, with a stop-gradient on the target."""
+"""SimSiam (Chen & He, CVPR 2021): predict the stop-gradient projection of another view."""
 
 from __future__ import annotations
 
@@ -63,9 +62,13 @@ class SimSiamObjective(SiameseObjective):
         o, device = self.options, self.ctx.device
         self.freeze_unused_model_parts()
         self.projector = projection_mlp(self.model.feature_dim, o.projector_dim).to(device)
-        self.predictor = bn_mlp(o.projector_dim, o.predictor_hidden, o.projector_dim, hidden_bias=False).to(device)
+        self.predictor = bn_mlp(
+            o.projector_dim, o.predictor_hidden, o.projector_dim, hidden_bias=False
+        ).to(device)
 
-    def forward(self, inputs: Tensor, model: nn.Module | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, inputs: Tensor, model: nn.Module | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         v1, v2 = self.views(inputs)
         net = self.net(model)
         with self.ctx.autocast():
@@ -76,4 +79,6 @@ class SimSiamObjective(SiameseObjective):
         return simsiam_loss(p1.float(), p2.float(), z1.float(), z2.float()), {}
 
 
-__all__ = ["SimSiamObjective", "SimSiamOptions", "negative_cosine", "projection_mlp", "simsiam_loss"]
+__all__ = [
+    "SimSiamObjective", "SimSiamOptions", "negative_cosine", "projection_mlp", "simsiam_loss",
+]
