@@ -223,3 +223,5 @@ def test_byol_trains_through_pretrain_and_resumes_the_target_exactly(
     log = (tmp_path / "full" / "train_log.csv").read_text().splitlines()
     losses = [float(r.split(",")[2]) for r in log[1:]]
     assert losses and all(0.0 <= v <= 8.0 for v in losses)
+    val = (tmp_path / "full" / "val_log.csv").read_text().splitlines()[1:]
+    assert len(val) == 2 and all(0.0 <= float(r.split(",")[2]) <= 8.0 for r in val)
