@@ -4,7 +4,12 @@ run with an exact mid-run resume."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +29,8 @@ from etp.train import checkpoint as ckpt
 from etp.train import loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent / "configs"
 
 
 # -- the loss on tiny tensors -----------------------------------------------------------------
@@ -80,6 +86,56 @@ def test_info_nce_rejects_bad_input() -> None:
         info_nce(torch.zeros(2, 1, 3), torch.zeros(2, 2, 3), torch.tensor([2]))
     with pytest.raises(TrainingError, match="disagree"):
         info_nce(torch.zeros(2, 1, 3), torch.zeros(2, 2, 4), torch.tensor([0]))
+
+
+def _worker():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("infonce_ddp_worker", HERE / "infonce_ddp_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_info_nce_under_two_processes_matches_one_process_on_the_global_batch(
+    tmp_path: Path,
+) -> None:
+    """Global negatives + DDP's mean all-reduce == one process on the global batch, for an even
+    and an uneven split (2 gloo processes, tests/infonce_ddp_worker.py)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    procs = []
+    for r in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in drop}
+        src = str(HERE.parent / "src")
+        env.update(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p))
+        procs.append(subprocess.Popen(
+            [sys.executable, str(HERE / "infonce_ddp_worker.py"), str(tmp_path)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for r, (p, out) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, f"rank {r} failed:\n{out[-3000:]}"
+    w = _worker()
+    model = w.make_model()
+    ref = w.loss_of(model, w.global_x())
+    ref.backward()
+    ref_grads = {n: p.grad for n, p in model.named_parameters()}
+    for r in range(2):
+        result = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        for split in w.SPLITS:
+            loss, grads = result[split]
+            assert loss == pytest.approx(float(ref), abs=1e-6), (r, split)
+            for n, g in grads.items():
+                torch.testing.assert_close(g, ref_grads[n], atol=1e-6, rtol=1e-5)
 
 
 # -- the context network ----------------------------------------------------------------------
