@@ -1,4 +1,4 @@
-"""TS-TCC (Eldele et al., IJCAI 2021): temporal and contextual contrasting of a weak and a strong view."""
+"""TS-TCC (Eldele et al., IJCAI 2021): temporal and contextual contrasting of weak and strong views."""
 
 from __future__ import annotations
 
@@ -71,13 +71,18 @@ class TSTCCOptions:
     heads: int = config_field(4, "attention heads (the paper: 4)")
     mlp_dim: int = config_field(64, "transformer feed-forward width (the paper's code: 64)")
     dropout: float = config_field(0.1, "transformer dropout (the paper: 0.1)")
-    temperature: float = config_field(0.2, "contextual contrasting's NT-Xent temperature (0.2)")
-    lambda_temporal: float = config_field(1.0, "weight lambda1 of the temporal contrasting loss")
+    temperature: float = config_field(
+        0.2, "contextual contrasting's NT-Xent temperature (the paper: 0.2)"
+    )
+    lambda_temporal: float = config_field(
+        1.0, "weight lambda1 of the temporal contrasting loss (the paper: 1)"
+    )
     lambda_contextual: float = config_field(
         0.7, "weight lambda2 of the contextual contrasting loss (the paper: 0.7)"
     )
     jitter_ratio: float = config_field(
-        0.1, "jitter noise, in units of each sample's standard deviation (both views)"
+        0.1, "standard deviation of the jitter noise of both views, in units of each sample's own "
+        "standard deviation (the paper gives it in its raw signals' units)"
     )
     scale_ratio: float = config_field(
         1.5, "standard deviation of the weak view's per-lead scale factor N(2, .) (sleep-EDF: 1.5)"
