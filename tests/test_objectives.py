@@ -70,7 +70,6 @@ class TinyObjective(Objective):
     def setup(self) -> None:
         self.predictor = nn.Linear(self.model.cfg.embed_dim, self.model.cfg.embed_dim).to(self.ctx.device)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-        self.model.logit_scale.requires_grad_(False)
 
     def forward(self, inputs, model=None):  # type: ignore[no-untyped-def]
         with self.ctx.autocast():

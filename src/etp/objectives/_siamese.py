@@ -42,6 +42,8 @@ class SiameseObjective(Objective):
     predictor are dropped after pretraining.
     """
 
+    trains_ecg_head = False
+
     def __init__(self, model: nn.Module, options: Any, ctx: Any) -> None:
         super().__init__(model, options, ctx)
         self.augment = self.build_augmentation()
@@ -57,11 +59,6 @@ class SiameseObjective(Objective):
                 f"train.batch_size={batch_size}: {cls.name}'s projector and predictor normalise "
                 "with batch statistics (BatchNorm), which needs at least 2 samples per batch"
             )
-
-    def freeze_unused_model_parts(self) -> None:
-        """Freeze what the loss does not use (the ECG projection head, the CLIP temperature)."""
-        self.model.ecg_head.requires_grad_(False)
-        self.model.logit_scale.requires_grad_(False)
 
     def inputs(self, batch: Batch) -> Tensor:
         """``(2, B, leads, L)``: two independently augmented views of each record."""

@@ -13,6 +13,9 @@ context network), declares what it needs from the run, and turns a batch into a 
 * ``needs_reports``: batches carry the frozen text model's embedding of each record's report
   (records without a report are left out, with a warning);
 * ``trains``: ``False`` for an objective that only saves its initialisation (random init);
+* ``trains_ecg_head`` / ``learns_temperature``: whether its loss reads the model's ECG projection
+  head / CLIP logit scale; the loop freezes them otherwise (DDP needs every trained parameter
+  used) and the model directory records it (an untrained head's embeddings mean nothing);
 * :meth:`inputs` prepares a batch on the CPU (augmented views: they draw from the run's
   checkpointed generator), :meth:`forward` computes ``(loss, logs)`` on the device: the loop wraps
   the objective in DistributedDataParallel, so everything that needs gradients runs there;
@@ -69,12 +72,13 @@ class Batch:
 @dataclass
 class RunContext:
     """What an objective may use of the run: device, precision, training settings, sampling
-    rate of the cache."""
+    rate and record length (samples) of the cache."""
 
     device: torch.device
     train: TrainConfig
     fs: float
     bf16: bool = True
+    length: int = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's autocast region (bf16 when ``train.precision`` is bf16)."""
@@ -92,6 +96,8 @@ class Objective(nn.Module):
     text_head: ClassVar[bool] = False
     needs_reports: ClassVar[bool] = False
     trains: ClassVar[bool] = True
+    trains_ecg_head: ClassVar[bool] = True
+    learns_temperature: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, options: Any, ctx: RunContext) -> None:
         super().__init__()

@@ -71,7 +71,6 @@ class BYOLObjective(SiameseObjective):
 
     def setup(self) -> None:
         o, device = self.options, self.ctx.device
-        self.freeze_unused_model_parts()
         enc_dim = self.model.feature_dim
         self.projector = bn_mlp(enc_dim, o.projector_hidden, o.projector_dim).to(device)
         self.predictor = bn_mlp(o.projector_dim, o.predictor_hidden, o.projector_dim).to(device)

@@ -91,8 +91,6 @@ class ClocsObjective(Objective):
             lead_indices(options.leads)
 
     def setup(self) -> None:
-        # the CLIP logit scale is not part of this loss: an unused trained parameter breaks DDP
-        self.model.logit_scale.requires_grad_(False)
         in_leads = int(self.model.cfg.in_leads)
         if self.lead_index and max(self.lead_index) >= in_leads:
             raise ConfigError(

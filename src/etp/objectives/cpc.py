@@ -72,6 +72,7 @@ class CPCObjective(Objective):
     trained (the linear probe reads the encoder)."""
 
     name = "cpc"
+    trains_ecg_head = False
     Options = CPCOptions
 
     @classmethod
@@ -82,9 +83,6 @@ class CPCObjective(Objective):
                 raise ConfigError(f"objective.{key} must be >= 1, got {value}")
 
     def setup(self) -> None:
-        # unused by this loss: trained parameters DDP would never see a gradient for
-        self.model.ecg_head.requires_grad_(False)
-        self.model.logit_scale.requires_grad_(False)
         latent_dim = int(self.model.encoder.feature_dim("avg"))
         self.head = CPCHead(latent_dim, self.options.context_dim, self.options.steps).to(
             self.ctx.device

@@ -32,6 +32,7 @@ class ETPObjective(Objective):
     Options = ETPOptions
     text_head = True
     needs_reports = True
+    learns_temperature = True
 
     def __init__(self, model: nn.Module, options: ETPOptions, ctx: Any) -> None:
         super().__init__(model, options, ctx)

@@ -42,10 +42,6 @@ class SimCLRObjective(Objective):
     def augments(cls, options: SimCLROptions) -> bool:
         return True
 
-    def setup(self) -> None:
-        # the CLIP logit scale is not part of this loss: an unused trained parameter breaks DDP
-        self.model.logit_scale.requires_grad_(False)
-
     def inputs(self, batch: Batch) -> Tensor:
         v1 = self.augment(batch.x, batch.generator)
         v2 = self.augment(batch.x, batch.generator)

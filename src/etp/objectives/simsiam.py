@@ -60,7 +60,6 @@ class SimSiamObjective(SiameseObjective):
 
     def setup(self) -> None:
         o, device = self.options, self.ctx.device
-        self.freeze_unused_model_parts()
         self.projector = projection_mlp(self.model.feature_dim, o.projector_dim).to(device)
         self.predictor = bn_mlp(
             o.projector_dim, o.predictor_hidden, o.projector_dim, hidden_bias=False

@@ -145,6 +145,7 @@ class TSTCCObjective(Objective):
     used; the ECG projection head is not trained (the linear probe reads the encoder)."""
 
     name = "ts-tcc"
+    trains_ecg_head = False
     Options = TSTCCOptions
 
     def __init__(self, model: nn.Module, options: TSTCCOptions, ctx: Any) -> None:
@@ -170,8 +171,6 @@ class TSTCCObjective(Objective):
                 raise ConfigError(f"objective.{key} must be >= 0, got {getattr(o, key)}")
 
     def setup(self) -> None:
-        self.model.ecg_head.requires_grad_(False)
-        self.model.logit_scale.requires_grad_(False)
         latent_dim = int(self.model.encoder.feature_dim("avg"))
         self.temporal = TemporalContrast(latent_dim, self.options).to(self.ctx.device)
 

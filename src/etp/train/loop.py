@@ -273,9 +273,15 @@ class _Run:
         if self.device.type == "cpu" and enable_channels_last(self.model.encoder):
             log.info("ECG encoder runs as 2-D channels-last convolutions (CPU fast path)")
         ctx = RunContext(
-            device=self.device, train=t, fs=float(self.prepared.fs), bf16=t.precision == "bf16"
+            device=self.device, train=t, fs=float(self.prepared.fs), bf16=t.precision == "bf16",
+            length=int(self.prepared.length),
         )
         self.objective = self.objective_cls(self.model, self.options, ctx).to(self.device)
+        # what the loss never reads stays as initialised (DDP needs every trained parameter used)
+        if not self.objective_cls.learns_temperature:
+            self.model.logit_scale.requires_grad_(False)
+        if not self.objective_cls.trains_ecg_head:
+            self.model.ecg_head.requires_grad_(False)
         self.objective.setup()
         # augmentations draw from their own generator (saved in checkpoints), one per process
         self.aug_gen = torch.Generator().manual_seed(t.seed * 1_000 + 17 + self.dist.rank)
@@ -420,6 +426,7 @@ class _Run:
                     "name": self.name,
                     "options": dataclasses.asdict(self.options),
                     "trained_on_crops": self.objective.trained_on_crops(),
+                    "trains_ecg_head": self.objective_cls.trains_ecg_head,
                 },
                 "data": self._data_info(),
                 "dataset": self.prepared.info.get("dataset"),
