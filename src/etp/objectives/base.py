@@ -104,6 +104,11 @@ class Objective(nn.Module):
         self.model = model
         self.options = options
         self.ctx = ctx
+        # what the loss never reads stays as initialised (DDP needs every trained parameter used)
+        if not self.learns_temperature and isinstance(getattr(model, "logit_scale", None), nn.Parameter):
+            model.logit_scale.requires_grad_(False)
+        if not self.trains_ecg_head and getattr(model, "ecg_head", None) is not None:
+            model.ecg_head.requires_grad_(False)
 
     # -- settings ---------------------------------------------------------------------------
 

@@ -277,11 +277,6 @@ class _Run:
             length=int(self.prepared.length),
         )
         self.objective = self.objective_cls(self.model, self.options, ctx).to(self.device)
-        # what the loss never reads stays as initialised (DDP needs every trained parameter used)
-        if not self.objective_cls.learns_temperature:
-            self.model.logit_scale.requires_grad_(False)
-        if not self.objective_cls.trains_ecg_head:
-            self.model.ecg_head.requires_grad_(False)
         self.objective.setup()
         # augmentations draw from their own generator (saved in checkpoints), one per process
         self.aug_gen = torch.Generator().manual_seed(t.seed * 1_000 + 17 + self.dist.rank)
