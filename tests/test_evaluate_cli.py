@@ -204,7 +204,7 @@ def test_evaluate_model_library_api(setup) -> None:
 def test_zero_shot_via_training_reports(setup, capsys) -> None:
     """--reports train: the cache's training-split reports stand in for the prompts."""
     model, _, cache = setup
-    base = ["--model", str(model), "--cache", str(cache), "bootstrap=0", "--zero-shot", "--json"]
+    base = ["--model", str(model), "--cache", str(cache), "--zero-shot", "--json", "bootstrap=0"]
     rc, out, err = _run(capsys, *base, "zero_shot=[{languages: [en], via_reports: true}]")
     assert rc == 0, err
     (name, entry), = json.loads(out)["zero_shot"].items()
