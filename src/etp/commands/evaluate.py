@@ -47,7 +47,8 @@ EPILOG = (
     "supports runs. The defaults are the shipped protocol (configs/benchmark-ptbxl.yaml): the\n"
     "converged L-BFGS probe, its weight decay and readout by 5-fold cross-validation over the\n"
     "training split, and the prompt variant 'en synonyms via reports' (the training split's\n"
-    "reports stand in for the prompts). The test split is looked at once."
+    "reports stand in for the prompts). The test split is looked at once. KEY=VALUE overrides\n"
+    "go after the flags."
 )
 
 _f = config_field
