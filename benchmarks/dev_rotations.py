@@ -9,10 +9,14 @@ rotations (single-label records, n = 258 with ids 1-999) and scored:
 
 * zero-shot average one-vs-rest AUC / accuracy / F1 for four prompt variants;
 * linear-probe macro AUC / F1 with the probe's epoch and weight decay chosen on the validation
-  fold by cross-entropy (``lp loss``, the default) and by macro AUC (``lp auc``), and the
-  probe protocol the benchmark config ships (``lp shipped``: three initialisations averaged,
-  the encoder readout chosen on the validation fold among ``--probe-pooling``, by default
-  ``avg`` and ``avg+max`` as the benchmark config ships; the chosen readouts are recorded).
+  fold by cross-entropy (``lp loss``) and by macro AUC (``lp auc``) (the paper's Adam probe on
+  the ``avg`` readout), and the shipped probe (``lp shipped``: :class:`etp.eval.linear_probe.
+  ProbeConfig`'s defaults, those of the benchmark config: the converged L-BFGS probe, weight
+  decay and readout by 5-fold cross-validation over the training folds, readouts among
+  ``--probe-pooling``; the chosen readouts are recorded).
+
+Every figure comes from :func:`etp.eval.protocol.evaluate_model`, the evaluation of
+``etp evaluate`` and ``etp benchmark``.
 
 Features and embeddings are averaged over each model's test-time views
 (:mod:`etp.data.views`; ``--views 1`` scores the record as it is, as runs before the views
@@ -41,8 +45,8 @@ ROTATIONS = ((9, 8), (8, 7), (7, 6))  # (test fold, validation fold); fold 10 ne
 VARIANTS = {
     "en": {},
     "en syn": {"synonyms": True},
-    "en+de syn": {"languages": ("en", "de"), "synonyms": True},
-    "en+de syn ens": {"languages": ("en", "de"), "synonyms": True, "ensemble": True},
+    "en+de syn": {"languages": ["en", "de"], "synonyms": True},
+    "en+de syn ens": {"languages": ["en", "de"], "synonyms": True, "ensemble": True},
 }
 
 
@@ -76,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     from etp.data.cache import load_prepared
     from etp.data.prepare import PrepareConfig, prepare_dataset
     from etp.data.views import Views
-    from etp.eval.features import extract, views_of
-    from etp.eval.linear_probe import SELECT_BY, LinearProbe, ProbeConfig, select_readout
+    from etp.eval.linear_probe import SELECT_BY, ProbeConfig
     from etp.eval.metrics import classification_metrics, zero_shot_metrics
+    from etp.eval.protocol import EvalSettings, evaluate_model, fold_split
     from etp.eval.report import machine_info
-    from etp.eval.zero_shot import PromptOptions, load_prompt_table, zero_shot_classify
+    from etp.eval.zero_shot import PromptOptions
     from etp.models.etp import load_model_dir
     from etp.models.resnet1d import check_poolings
     from etp.train.loop import pretrain
@@ -90,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_dataset(PrepareConfig(dataset="ptbxl", root=args.root, out=str(cache), only_present=True))
     prepared = load_prepared(cache)
     classes = list(prepared.classes)
-    table = load_prompt_table()
-    views = None if args.views is None else Views.parse(args.views)
+    views = "auto" if args.views is None else str(Views.parse(args.views))
     poolings = check_poolings(args.probe_pooling.split(","), "--probe-pooling")
     used_views: set[str] = set()
     pooled: dict[str, list[np.ndarray]] = {"y": []}
@@ -117,42 +120,36 @@ def main(argv: list[str] | None = None) -> int:
             pretrain(load_config(PretrainConfig, None, base + list(args.overrides)), resume=True)
             seconds += time.perf_counter() - t0
         model = load_model_dir(out / "model")
-        idx = {
-            "train": prepared.select(folds=train, single_label=True),
-            "val": prepared.select(folds=[val], single_label=True),
-            "test": prepared.select(folds=[test], single_label=True),
-        }
-        y = {k: prepared.label_index(i) for k, i in idx.items()}
-        pooled["y"].append(y["test"])
-        used_views.add(str(views_of(model, views)))
-        emb = extract(model, prepared, idx["test"], "embedding", bf16=True, views=views)
-        scale = float(model.model.scale().detach())
-        for name, opts in VARIANTS.items():
-            pred = zero_shot_classify(
-                emb, classes, model.embed_texts, scale, "ptbxl", table, PromptOptions(**opts)
+        split = fold_split(prepared, train, val, test)
+        base_settings = dict(views=views, features_cache=work / args.name / "features")
+        zs = evaluate_model(
+            model, prepared, split,
+            EvalSettings(
+                zero_shot=[PromptOptions(name=n, **o) for n, o in VARIANTS.items()],
+                **base_settings,
+            ),
+            tasks=["zero_shot"],
+        )
+        pooled["y"].append(zs.test_y)
+        used_views.add(zs.views)
+        for name in VARIANTS:
+            pooled.setdefault(f"zs {name}", []).append(zs.zs_test[name])
+        probes = {  # the paper's Adam probe on the avg readout, by either criterion
+            f"lp {criterion}": ProbeConfig(
+                solver="adam", cv_folds=0, pooling=["avg"], label_fractions=[1.0],
+                select_by=criterion,
             )
-            pooled.setdefault(f"zs {name}", []).append(pred.probabilities)
-        feats = {
-            k: extract(model, prepared, i, "features", bf16=True, views=views)
-            for k, i in idx.items()
+            for criterion in SELECT_BY
         }
-        for criterion in SELECT_BY:
-            probe = LinearProbe(classes, ProbeConfig(select_by=criterion))
-            probe.select(feats["train"], y["train"], feats["val"], y["val"])
-            result = probe.evaluate_test(feats["test"], y["test"])
-            pooled.setdefault(f"lp {criterion}", []).append(result.test_probabilities)
-        by_pooling = {
-            p: feats if p == "avg" else {
-                k: extract(model, prepared, i, "features", bf16=True, views=views, pooling=p)
-                for k, i in idx.items()
-            }
-            for p in poolings
-        }
-        readouts = {p: (f["train"], f["val"]) for p, f in by_pooling.items()}
-        chosen, probe = select_readout(classes, ProbeConfig(inits=3), readouts, y["train"], y["val"])
-        test = by_pooling[chosen]["test"]
-        pooled.setdefault("lp shipped", []).append(probe.evaluate_test(test, y["test"]).test_probabilities)
-        chosen_readouts.append(chosen)
+        probes["lp shipped"] = ProbeConfig(pooling=list(poolings), label_fractions=[1.0])
+        for key, probe in probes.items():
+            res = evaluate_model(
+                model, prepared, split, EvalSettings(probe=probe, **base_settings),
+                tasks=["linear_probe"],
+            )
+            pooled.setdefault(key, []).append(res.probe[1.0])
+            if key == "lp shipped":
+                chosen_readouts.append(res.probe_selection(1.0)["readout"])
 
     y_all = np.concatenate(pooled.pop("y"))
     record: dict[str, object] = {

@@ -11,9 +11,7 @@ scoring it on the same records would flatter the more flexible setting; each val
 therefore cross-fitted: split in two stratified halves, the probe selects on one half and is
 scored on the other, and the other way round. Candidates: ``solvers`` (``adam``: the minibatch
 probe; ``lbfgs``: converged L-BFGS probes, decay chosen on validation; ``lbfgs-cvK``: decay chosen
-by K-fold cross-validation over the training folds, the selection half unused), ``inits`` (1 = a
-single probe; N = N initialisations averaged, :class:`etp.eval.linear_probe.ProbeConfig`) and
-``pooling`` (the encoder readout the probe reads: ``avg`` 512-d, ``avg+max`` 1024-d,
+by K-fold cross-validation over the training folds, the selection half unused) and ``pooling`` (the encoder readout the probe reads: ``avg`` 512-d, ``avg+max`` 1024-d,
 :data:`etp.models.resnet1d.POOLINGS`; ``avg|avg+max``: the probe chooses on validation), every
 combination.
 
@@ -38,9 +36,8 @@ reports``), not in the library either:
 One markdown file per part is written to ``benchmarks/results/`` with the command, date and
 machine.
 
-    python benchmarks/dev_validation.py probe --methods etp --inits 1,3
-    python benchmarks/dev_validation.py probe --methods etp,simclr,random --inits 3 --pooling "avg,avg+max,avg|avg+max"
-    python benchmarks/dev_validation.py probe --methods etp,random --solvers adam,lbfgs,lbfgs-cv3,lbfgs-cv5 --inits 3 --pooling "avg|avg+max"
+    python benchmarks/dev_validation.py probe --methods etp --pooling "avg,avg+max,avg|avg+max"
+    python benchmarks/dev_validation.py probe --methods etp,random --solvers adam,lbfgs,lbfgs-cv3,lbfgs-cv5 --pooling "avg|avg+max"
     python benchmarks/dev_validation.py zero-shot --more
 """
 
@@ -69,10 +66,10 @@ MORE_VARIANTS = (
 
 
 def _setup(config: str) -> tuple[Any, Any, list[Any], list[str], Path]:
-    from etp.benchmark import _prepare, load_benchmark_config, rotations
+    from etp.benchmark import load_benchmark_config, prepare, rotations
 
     cfg = load_benchmark_config(config)
-    prepared, _ = _prepare(cfg.prepare)
+    prepared, _ = prepare(cfg.prepare)
     rots = rotations(cfg, prepared.meta["fold"].astype(int).unique().tolist())
     return cfg, prepared, rots, list(prepared.classes), Path(cfg.work_dir)
 
@@ -89,26 +86,26 @@ def _halves(y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def probe_part(args: argparse.Namespace) -> list[str]:
-    """Cross-fitted validation AUC / F1 of the probe for each (pooling, solver, inits) candidate."""
+    """Cross-fitted validation AUC / F1 of the probe for each (pooling, solver) candidate."""
     import itertools
 
-    from etp.benchmark import _split_indices, obtain_model, probe_config
+    from etp.benchmark import obtain_model
     from etp.eval.features import extract
     from etp.eval.linear_probe import select_readout
     from etp.eval.metrics import classification_metrics
+    from etp.eval.protocol import fold_split
     from etp.models.etp import load_model_dir
 
     cfg, prepared, rots, classes, work = _setup(args.config)
-    fits = []  # (solver label, {probe section overrides}) -- inits only vary the adam probe
+    fits = []  # (solver label, {probe section overrides})
     for solver in args.solvers.split(","):
         if solver == "adam":
-            fits += [(f"adam x{n}", {"solver": "adam", "inits": n, "cv_folds": 0})
-                     for n in (int(i) for i in args.inits.split(","))]
+            fits.append(("adam", {"solver": "adam", "cv_folds": 0}))
         elif solver == "lbfgs":
-            fits.append(("lbfgs, val", {"solver": "lbfgs", "inits": 1, "cv_folds": 0}))
+            fits.append(("lbfgs, val", {"solver": "lbfgs", "cv_folds": 0}))
         elif solver.startswith("lbfgs-cv") and solver[8:].isdigit():
             k = int(solver[8:])
-            fits.append((f"lbfgs, {k}-fold CV", {"solver": "lbfgs", "inits": 1, "cv_folds": k}))
+            fits.append((f"lbfgs, {k}-fold CV", {"solver": "lbfgs", "cv_folds": k}))
         else:
             raise SystemExit(f"--solvers: unknown {solver!r} (adam, lbfgs, lbfgs-cvK)")
     candidates = list(itertools.product(args.pooling.split(","), fits))
@@ -121,14 +118,15 @@ def probe_part(args: argparse.Namespace) -> list[str]:
                 # a random-init model is only an initialisation: made when missing, never trained
                 built = obtain_model(cfg, method, seed, rot, prepared, work, build=method == "random")
                 model = load_model_dir(built)
-                split = _split_indices(prepared, rot)
-                y = {s: prepared.label_index(split[s]) for s in ("train", "val")}
+                split = fold_split(prepared, rot.train, rot.val, rot.test)
+                parts = {"train": split.train, "val": split.val}
+                y = {s: prepared.label_index(i) for s, i in parts.items()}
                 half = _halves(y["val"], rot.test)
                 f = {
                     r: {
-                        s: extract(model, prepared, split[s], "features", bf16=True,
+                        s: extract(model, prepared, i, "features", bf16=True,
                                    cache_dir=work / "features", pooling=r)
-                        for s in ("train", "val")
+                        for s, i in parts.items()
                     }
                     for r in readouts
                 }
@@ -140,10 +138,12 @@ def probe_part(args: argparse.Namespace) -> list[str]:
                         if fit is None or fit[1].selection.selected_on != "cv":
                             fit = select_readout(
                                 classes,
-                                probe_config(section, 1.0, seed),
+                                section,
                                 {r: (f[r]["train"], f[r]["val"][sel]) for r in cand.split("|")},
                                 y["train"],
                                 y["val"][sel],
+                                label_fraction=1.0,
+                                seed=seed,
                             )
                         chosen, probe = fit
                         ys, ps = pooled.setdefault((cand, label), ([], []))
@@ -160,7 +160,7 @@ def probe_part(args: argparse.Namespace) -> list[str]:
         "the probe selects on one and is scored on the other, both ways), pooled over rotations. "
         "pooling `a or b`: the probe chooses the readout on its selection half "
         "(etp.eval.linear_probe.select_readout), as the benchmark does with `probe.pooling: [a, b]`. "
-        "probe `adam xN`: N Adam probes averaged, epoch and decay chosen on the selection half; "
+        "probe `adam`: the Adam probe, epoch and decay chosen on the selection half; "
         "`lbfgs, val`: converged L-BFGS probes, decay chosen on the selection half; `lbfgs, k-fold "
         "CV`: decay (and readout) chosen by k-fold cross-validation over the training folds, so "
         "the selection half is not used (etp.eval.linear_probe.ProbeConfig solver / cv_folds).",
@@ -170,6 +170,12 @@ def probe_part(args: argparse.Namespace) -> list[str]:
         *["| " + " | ".join(r) + " |" for r in rows],
     ]
     return lines
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -188,13 +194,13 @@ def _prior_biases(logits: np.ndarray, prior: np.ndarray, iters: int = 200) -> np
 
 def zero_shot_part(args: argparse.Namespace) -> list[str]:
     """Validation average AUC / F1 of each variant and of the two alternatives (ETP models)."""
-    from etp.benchmark import _pretrain_reports, _split_indices, obtain_model
+    from etp.benchmark import obtain_model
     from etp.eval.features import extract
     from etp.eval.metrics import zero_shot_metrics
+    from etp.eval.protocol import fold_split, training_reports
     from etp.eval.zero_shot import (
         PromptOptions,
         ReportGallery,
-        _normalize,
         build_prompts,
         class_text_embeddings,
         load_prompt_table,
@@ -202,13 +208,11 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
     )
     from etp.models.etp import load_model_dir
 
-    from etp.benchmark import ZeroShotVariant
-
     cfg, prepared, rots, classes, work = _setup(args.config)
     if args.more:
         known = {v.name for v in cfg.zero_shot}
         cfg.zero_shot += [
-            ZeroShotVariant(name=n, languages=list(lang), synonyms=syn, ensemble=ens, via_reports=True)
+            PromptOptions(name=n, languages=list(lang), synonyms=syn, ensemble=ens, via_reports=True)
             for n, lang, syn, ens in MORE_VARIANTS
             if n not in known
         ]
@@ -221,10 +225,10 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
             if folds is not None and rot.val not in folds:
                 continue
             model = load_model_dir(obtain_model(cfg, "etp", seed, rot, prepared, work, build=False))
-            split = _split_indices(prepared, rot)
-            y_val = prepared.label_index(split["val"])
+            split = fold_split(prepared, rot.train, rot.val, rot.test)
+            y_val = prepared.label_index(split.val)
             ecg = {
-                "val": _normalize(extract(model, prepared, split["val"], "embedding", bf16=True,
+                "val": _normalize(extract(model, prepared, split.val, "embedding", bf16=True,
                                           cache_dir=work / "features")),
                 "train": _normalize(extract(model, prepared, prepared.select(folds=rot.train),
                                             "embedding", bf16=True, cache_dir=work / "features")),
@@ -237,7 +241,7 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
             def frozen(ts: list[str], m: Any = model) -> np.ndarray:
                 return m.embed_texts_frozen(ts, cache_dir=text_cache)
 
-            reports = _pretrain_reports(prepared, rot)
+            reports = training_reports(prepared, split)
             # the training ECGs whose reports are the gallery (same order: empty reports dropped)
             has_report = np.array(
                 [bool(str(r).strip()) for r in prepared.reports(prepared.select(folds=rot.train))]
@@ -246,13 +250,7 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
             joint, text_frozen = _normalize(embed(reports)), _normalize(frozen(reports))
             scale = float(model.model.scale().detach())
             for v in cfg.zero_shot:
-                opts = PromptOptions(
-                    templates=tuple(v.templates) if v.templates else None,
-                    ensemble=v.ensemble,
-                    synonyms=v.synonyms,
-                    languages=tuple(v.languages),
-                )
-                prompts = build_prompts(classes, dataset, table, opts)
+                prompts = build_prompts(classes, dataset, table, v)
                 protos, counts = report_prototypes(prompts, gallery, embed)
                 class_emb = protos if v.via_reports else class_text_embeddings(prompts, embed)
                 logits = scale * ecg["val"] @ class_emb.T
@@ -312,10 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("part", choices=("probe", "zero-shot"))
     ap.add_argument("--config", default="configs/benchmark-ptbxl.yaml", help="benchmark config")
     ap.add_argument("--methods", default="etp", help="probe: comma-separated methods")
-    ap.add_argument("--inits", default="1,3", help="probe: comma-separated inits candidates (adam)")
     ap.add_argument(
         "--solvers", default="adam",
-        help="probe: comma-separated fits: adam (with each --inits), lbfgs (decay on validation), "
+        help="probe: comma-separated fits: adam, lbfgs (decay on validation), "
         "lbfgs-cvK (decay by K-fold CV over the training folds)",
     )
     ap.add_argument(

@@ -12,12 +12,11 @@ from etp.benchmark import (
     BenchmarkConfig,
     Rotation,
     load_benchmark_config,
-    pooled_stats,
     pretrain_config,
     rotations,
-    unflatten,
 )
 from etp.errors import ConfigError, DataError
+from etp.eval.aggregate import pooled_stats, unflatten
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,10 +36,8 @@ def test_shipped_configs_are_valid() -> None:
         ("seeds=[]", "seeds"),
         ("model_choice=first", "model_choice"),
         ("probe.label_fractions=[0.0]", "label_fractions"),
-        ("probe.inits=0", r"probe\.inits: 0 must be >= 1"),
         ("probe.solver=sgd", r"probe\.solver must be one of"),
         ("probe.solver=adam", r"probe\.cv_folds needs solver lbfgs"),
-        ("probe.inits=3", r"probe\.inits > 1 averages .* set inits to 1"),
         ("probe.cv_folds=1", r"probe\.cv_folds must be 0"),
         ("probe.pooling=[max]", r"probe\.pooling: \['max'\] must list distinct readouts"),
         ("probe.pooling=[avg,avg]", r"probe\.pooling: .* must list distinct readouts"),
@@ -208,12 +205,12 @@ def test_transfer_from_a_fold_that_is_no_rotation_fails_before_training(
 
 def test_reuse_only_refuses_to_build_a_missing_model(tmp_path: Path, sample_dir: Path) -> None:
     """obtain_model(build=False), as the validation-fold scripts call it, never trains."""
-    from etp.benchmark import _prepare, obtain_model, rotations
+    from etp.benchmark import obtain_model, prepare, rotations
 
     cfg = load_benchmark_config(
         str(REPO / "configs" / "quickstart-benchmark.yaml"), _on_sample(tmp_path, sample_dir)
     )
-    prepared, _ = _prepare(cfg.prepare)
+    prepared, _ = prepare(cfg.prepare)
     rot = rotations(cfg, prepared.meta["fold"].astype(int).unique().tolist())[0]
     for method in ("etp", "random"):
         with pytest.raises(DataError, match=rf"no saved {method} model with these settings"):
@@ -222,7 +219,7 @@ def test_reuse_only_refuses_to_build_a_missing_model(tmp_path: Path, sample_dir:
 
 
 def test_reuse_key_of_simclr_ignores_the_text_side() -> None:
-    from etp.benchmark import _model_key
+    from etp.benchmark.runs import _model_key
     from etp.config import PretrainConfig, to_dict
 
     a, b = PretrainConfig(), PretrainConfig()
@@ -238,7 +235,7 @@ def test_reuse_key_of_simclr_ignores_the_text_side() -> None:
 
 
 def test_a_marker_written_before_a_setting_existed_counts_it_as_default(tmp_path: Path) -> None:
-    from etp.benchmark import _model_key, _reusable
+    from etp.benchmark.runs import _model_key, _reusable
     from etp.config import PretrainConfig, to_dict
 
     model_dir = tmp_path / "model"
@@ -271,7 +268,7 @@ def test_a_marker_written_before_a_setting_existed_counts_it_as_default(tmp_path
 
 
 def test_paired_difference_of_identical_and_of_better_predictions() -> None:
-    from etp.benchmark import paired_difference
+    from etp.eval.aggregate import paired_difference
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 40)
@@ -287,7 +284,7 @@ def test_paired_difference_of_identical_and_of_better_predictions() -> None:
 
 
 def test_label_fraction_sizes_are_reported_and_equal_draws_flagged() -> None:
-    from etp.benchmark import _fraction_sizes, _same_draw_note
+    from etp.benchmark.render import _fraction_sizes, _same_draw_note
 
     selection = {
         "etp": {"0.01": [{"n_train": 9}, {"n_train": 9}], "0.1": [{"n_train": 9}],

@@ -37,7 +37,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return _save(root / "model"), _save(root / "simclr", "simclr"), cache
 
 
-FAST = ["--bootstrap", "30", "--probe-epochs", "3", "--probe-patience", "2"]
+#: the paper's Adam probe on one readout and one label fraction, shortened (the defaults are the
+#: shipped protocol: tests/test_protocol.py)
+FAST = [
+    "bootstrap=30", "probe.solver=adam", "probe.cv_folds=0", "probe.max_epochs=3",
+    "probe.patience=2", "probe.label_fractions=[1.0]", "probe.pooling=[avg]",
+]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -55,15 +60,13 @@ def test_everything_json_and_files(setup, tmp_path, capsys) -> None:
         str(model),
         "--cache",
         str(cache),
-        *FAST,
         "--json",
-        "--languages",
-        "en,de",
-        "--features-cache",
-        str(tmp_path / "feat"),
         "--out",
         str(out_dir),
         "--plots",
+        *FAST,
+        "zero_shot=[{name: en+de, languages: [en, de]}]",
+        f"features_cache={tmp_path / 'feat'}",
     )
     assert rc == 0, err
     res = json.loads(out)
@@ -96,16 +99,11 @@ def test_markdown_tables_and_fractions(setup, capsys) -> None:
         str(model),
         "--cache",
         str(cache),
-        *FAST,
         "--linear-probe",
-        "--label-fractions",
-        "0.1,1",
-        "--views",
-        "2x0.8",
-        "--probe-inits",
-        "2",
-        "--probe-pooling",
-        "avg,avg+max",
+        *FAST,
+        "probe.label_fractions=[0.1,1]",
+        "views=2x0.8",
+        "probe.pooling=[avg,avg+max]",
     )
     assert rc == 0, err
     assert "Test-time views: 2x0.8" in out
@@ -117,8 +115,11 @@ def test_markdown_tables_and_fractions(setup, capsys) -> None:
 
 def test_lbfgs_probe_cross_validated_on_the_training_split(setup, capsys) -> None:
     model, _, cache = setup
-    argv = ["--model", str(model), "--cache", str(cache), "--linear-probe", "--bootstrap", "0"]
-    lbfgs = ["--probe-solver", "lbfgs", "--probe-cv-folds", "2", "--probe-pooling", "avg,avg+max"]
+    argv = ["--model", str(model), "--cache", str(cache), "--linear-probe", "bootstrap=0"]
+    lbfgs = [
+        "probe.solver=lbfgs", "probe.cv_folds=2", "probe.pooling=[avg,avg+max]",
+        "probe.label_fractions=[1.0]",
+    ]
     rc, out, err = _run(capsys, *argv, *lbfgs)
     assert rc == 0, err
     assert "Selected by cross-validation over the training records" in out
@@ -147,28 +148,30 @@ def test_simclr_model_and_bad_arguments(setup, tmp_path, capsys) -> None:
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(tmp_path / "nocache"))
     assert rc == 2 and "nocache" in err
     rc, _, err = _run(
-        capsys, "--model", str(model), "--cache", str(cache), "--linear-probe", "--split", "val"
+        capsys, "--model", str(model), "--cache", str(cache), "--linear-probe", "split=val"
     )
-    assert rc == 2 and "--split" in err
+    assert rc == 2 and "split" in err
     rc, _, err = _run(
-        capsys, "--model", str(model), "--cache", str(cache), "--label-fractions", "2"
+        capsys, "--model", str(model), "--cache", str(cache), "probe.label_fractions=[2]"
     )
-    assert rc == 2 and "label-fractions" in err
-    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-inits", "0")
-    assert rc == 2 and "--probe-inits" in err
-    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-cv-folds", "3")
-    assert rc == 2 and "--probe-cv-folds" in err and "needs solver lbfgs" in err
-    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--probe-pooling", "max")
-    assert rc == 2 and "--probe-pooling" in err and "'max'" in err
+    assert rc == 2 and "label_fractions" in err
+    rc, _, err = _run(
+        capsys, "--model", str(model), "--cache", str(cache), "probe.solver=adam",
+        "probe.cv_folds=3",
+    )
+    assert rc == 2 and "probe.cv_folds" in err and "needs solver lbfgs" in err
+    rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "probe.pooling=[max]")
+    assert rc == 2 and "probe.pooling" in err and "'max'" in err
     rc, _, err = _run(capsys, "--model", str(model), "--cache", str(cache), "--plots")
     assert rc == 2 and "--out" in err
 
 
 def test_evaluate_model_library_api(setup) -> None:
-    """The entry point `etp benchmark` reuses: explicit record indices (e.g. rotated folds)."""
-    from etp.commands.evaluate import EvalOptions, evaluate_model
+    """The core `etp benchmark` shares: explicit record indices (e.g. rotated folds)."""
+    from etp.commands.evaluate import results_of
     from etp.data.cache import load_prepared
     from etp.eval.linear_probe import ProbeConfig
+    from etp.eval.protocol import EvalSettings, evaluate_model, make_split
     from etp.eval.zero_shot import PromptOptions
     from etp.models.etp import load_model_dir
 
@@ -178,32 +181,35 @@ def test_evaluate_model_library_api(setup) -> None:
     test = prepared.select(folds=[9, 10])
     train = prepared.select(folds=list(range(1, 8)))
     val = prepared.select(folds=[8])
-    opts = EvalOptions(
-        prompt_variants={"en": PromptOptions(), "de": PromptOptions(languages=("de",))},
-        probe=ProbeConfig(max_epochs=2, patience=1, weight_decays=(0.0,)),
-        bootstrap=0,
-        retrieval=False,
+    settings = EvalSettings(
+        zero_shot=[PromptOptions(name="en"), PromptOptions(name="de", languages=["de"])],
+        probe=ProbeConfig(
+            solver="adam", cv_folds=0, max_epochs=2, patience=1, weight_decays=[0.0],
+            label_fractions=[1.0], pooling=["avg"],
+        ),
     )
-    out = evaluate_model(loaded, prepared, test, train, val, opts)
-    assert set(out.results["zero_shot"]) == {"en", "de"}
-    assert "ci" not in out.results["zero_shot"]["en"]
-    y = out.arrays["y_test"]
-    assert y.size == out.results["data"]["n_test_single_label"]
-    assert out.arrays["zero_shot_probs:de"].shape == (y.size, 5)
-    assert out.arrays["probe_probs:100%"].shape == (y.size, 5)
+    split = make_split(prepared, test, train, val)
+    out = evaluate_model(loaded, prepared, split, settings, ["zero_shot", "linear_probe"])
+    results = results_of(out, loaded, prepared, test.size, bootstrap=0, seed=0)
+    assert set(results["zero_shot"]) == {"en", "de"}
+    assert "ci" not in results["zero_shot"]["en"]
+    y = out.test_y
+    assert y.size == results["data"]["n_test_single_label"]
+    assert out.zs_test["de"].shape == (y.size, 5)
+    assert out.probe[1.0].shape == (y.size, 5)
     assert np.all(np.isin(y, range(5)))
-    assert np.array_equal(prepared.label_index(out.arrays["test_indices"]), y)
+    assert np.array_equal(prepared.label_index(out.test_indices), y)
 
 
 def test_zero_shot_via_training_reports(setup, capsys) -> None:
     """--reports train: the cache's training-split reports stand in for the prompts."""
     model, _, cache = setup
-    base = ["--model", str(model), "--cache", str(cache), "--bootstrap", "0", "--zero-shot", "--json"]
-    rc, out, err = _run(capsys, *base, "--reports", "train")
+    base = ["--model", str(model), "--cache", str(cache), "--zero-shot", "--json", "bootstrap=0"]
+    rc, out, err = _run(capsys, *base, "zero_shot=[{languages: [en], via_reports: true}]")
     assert rc == 0, err
     (name, entry), = json.loads(out)["zero_shot"].items()
     assert name == "en, via reports" and entry["options"]["via_reports"] is True
     counts = entry["report_counts"]
     assert set(counts) == {"NORM", "MI", "STTC", "CD", "HYP"} and sum(counts.values()) > 0
-    rc, _, err = _run(capsys, *base, "--reports", "train", "--split", "train")
+    rc, _, err = _run(capsys, *base, "reports=train", "split=train")
     assert rc == 2 and "training split" in err

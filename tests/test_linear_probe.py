@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from etp.errors import ConfigError
 from etp.eval.linear_probe import LinearProbe, ProbeConfig, run_linear_probe, stratified_fraction
 
 CLASSES = ["NORM", "MI", "STTC", "CD", "HYP"]
 P = np.array([7254, 2048, 1907, 1353, 416], dtype=float)  # PTB-XL train class frequencies
 P /= P.sum()
-FAST = dict(max_epochs=15, patience=4, weight_decays=(0.0, 1e-3))
+FAST = dict(max_epochs=15, patience=4, weight_decays=[0.0, 1e-3], solver="adam", cv_folds=0)
 
 
 def _features(n: int, seed: int, sep: float = 1.0, dim: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +41,7 @@ def test_probe_learns_separable_features_and_tests_once() -> None:
     xtr, ytr = _features(400, 0)
     xva, yva = _features(150, 1)
     xte, yte = _features(150, 2)
-    probe = LinearProbe(CLASSES, ProbeConfig(seed=0, **FAST))
+    probe = LinearProbe(CLASSES, ProbeConfig(**FAST), seed=0)
     with pytest.raises(RuntimeError, match="select"):
         probe.evaluate_test(xte, yte)
     sel = probe.select(xtr, ytr, xva, yva)
@@ -66,10 +67,10 @@ def test_selection_never_sees_test_and_is_seeded() -> None:
     xtr, ytr = _features(300, 0, sep=0.5)
     xva, yva = _features(120, 1, sep=0.5)
     xte, yte = _features(120, 2, sep=0.5)
-    a = run_linear_probe(xtr, ytr, xva, yva, xte, yte, CLASSES, ProbeConfig(seed=3, **FAST))
+    a = run_linear_probe(xtr, ytr, xva, yva, xte, yte, CLASSES, ProbeConfig(**FAST), seed=3)
     rng = np.random.default_rng(0)
     b = run_linear_probe(
-        xtr, ytr, xva, yva, xte, rng.permutation(yte), CLASSES, ProbeConfig(seed=3, **FAST)
+        xtr, ytr, xva, yva, xte, rng.permutation(yte), CLASSES, ProbeConfig(**FAST), seed=3
     )
     # a different test split changes nothing that was selected
     assert a.selection.weight_decay == b.selection.weight_decay
@@ -82,8 +83,8 @@ def test_random_features_give_chance_auc_and_fraction_is_used() -> None:
     ytr = rng.choice(5, size=300, p=P)
     yva, yte = rng.choice(5, size=150, p=P), rng.choice(5, size=300, p=P)
     x = lambda n: rng.normal(size=(n, 64)).astype(np.float32)  # noqa: E731
-    cfg = ProbeConfig(seed=0, label_fraction=0.1, **FAST)
-    res = run_linear_probe(x(300), ytr, x(150), yva, x(300), yte, CLASSES, cfg)
+    cfg = ProbeConfig(**FAST)
+    res = run_linear_probe(x(300), ytr, x(150), yva, x(300), yte, CLASSES, cfg, 0.1, seed=0)
     assert res.selection.n_train == stratified_fraction(ytr, 0.1, 0, 5).size < 40
     assert 0.3 < res.test_metrics["auc"] < 0.7
 
@@ -109,41 +110,8 @@ def test_selection_by_auc_and_by_loss() -> None:
     # the loss-chosen probe has the lowest validation cross-entropy of all the candidates
     assert by_loss.val_loss <= by_auc.val_loss + 1e-9
     assert by_auc.val_auc >= by_loss.val_auc - 1e-9
-    with pytest.raises(ValueError, match="select_by"):
+    with pytest.raises(ConfigError, match="select_by"):
         ProbeConfig(select_by="f1")
-
-
-def test_inits_average_the_selected_probes_into_one_linear_layer() -> None:
-    """inits=3: each initialisation is selected on validation; the probe is their weight mean."""
-    import torch
-
-    xtr, ytr = _features(300, 0, sep=0.4)
-    xva, yva = _features(120, 1, sep=0.4)
-    xte, yte = _features(120, 2, sep=0.4)
-    single = LinearProbe(CLASSES, ProbeConfig(seed=5, **FAST))
-    single.select(xtr, ytr, xva, yva)
-    avg = LinearProbe(CLASSES, ProbeConfig(seed=5, inits=3, **FAST))
-    sel = avg.select(xtr, ytr, xva, yva)
-    assert len(sel.weight_decays) == len(sel.best_epochs) == 3
-    assert {k for k in sel.history if "init" not in k} == {"wd=0", "wd=0.001"}
-    assert len(sel.history) == 6
-    # the first initialisation is the single probe of inits=1
-    assert sel.weight_decays[0] == single.selection.weight_decay
-    assert sel.best_epochs[0] == single.selection.best_epoch
-    # the others differ from it (their own seeds), and the result is one nn.Linear
-    assert isinstance(avg.model, torch.nn.Linear)
-    assert not torch.allclose(avg.model.weight, single.model.weight)
-    # reproducible; the validation loss reported is that of the averaged probe
-    again = LinearProbe(CLASSES, ProbeConfig(seed=5, inits=3, **FAST))
-    again.select(xtr, ytr, xva, yva)
-    assert np.allclose(again.predict_proba(xte), avg.predict_proba(xte))
-    assert sel.val_loss == pytest.approx(
-        -np.mean(np.log(avg.predict_proba(xva)[np.arange(len(yva)), yva]))
-    )
-    res = avg.evaluate_test(xte, yte)
-    assert res.to_dict()["selection"]["best_epochs"] == sel.best_epochs
-    with pytest.raises(ValueError, match="inits"):
-        ProbeConfig(inits=0)
 
 
 def test_select_readout_keeps_the_readout_best_on_validation() -> None:
@@ -158,15 +126,15 @@ def test_select_readout_keeps_the_readout_best_on_validation() -> None:
 
     noise = {"noise": (rng.normal(size=(120, 3)), rng.normal(size=(60, 3)))}
     signal = {"signal": (informative(y_tr), informative(y_va))}
-    cfg = ProbeConfig(seed=1, max_epochs=30, weight_decays=(0.0,))
-    name, probe = select_readout(["A", "B", "C"], cfg, {**noise, **signal}, y_tr, y_va)
+    cfg = ProbeConfig(max_epochs=30, weight_decays=[0.0], solver="adam", cv_folds=0)
+    name, probe = select_readout(["A", "B", "C"], cfg, {**noise, **signal}, y_tr, y_va, seed=1)
     assert name == "signal" and probe.selection is not None
     assert probe.selection.readout == "signal"
     scores = probe.selection.readout_scores
     assert set(scores) == {"noise", "signal"} and scores["signal"] > scores["noise"]
     # one readout: the probe of LinearProbe.select itself
-    single, alone = select_readout(["A", "B", "C"], cfg, signal, y_tr, y_va)
-    plain = LinearProbe(["A", "B", "C"], cfg)
+    single, alone = select_readout(["A", "B", "C"], cfg, signal, y_tr, y_va, seed=1)
+    plain = LinearProbe(["A", "B", "C"], cfg, seed=1)
     plain.select(*signal["signal"][:1], y_tr, signal["signal"][1], y_va)
     x_te = informative(y_va)
     assert single == "signal" and np.allclose(alone.predict_proba(x_te), plain.predict_proba(x_te))
@@ -182,8 +150,8 @@ def test_lbfgs_probe_is_the_penalised_logistic_regression() -> None:
 
     xtr, ytr = _features(300, 0, sep=0.5, dim=64)
     xva, yva = _features(100, 1, sep=0.5, dim=64)
-    cfg = ProbeConfig(solver="lbfgs", weight_decays=(0.1,), seed=0)
-    probe = LinearProbe(CLASSES, cfg)
+    cfg = ProbeConfig(solver="lbfgs", weight_decays=[0.1], cv_folds=0)
+    probe = LinearProbe(CLASSES, cfg, seed=0)
     sel = probe.select(xtr, ytr, xva, yva)
     assert sel.weight_decay == 0.1 and sel.best_epoch == 0 and sel.selected_on == "val"
     assert np.isnan(sel.cv_loss)
@@ -193,7 +161,7 @@ def test_lbfgs_probe_is_the_penalised_logistic_regression() -> None:
     expected = ref.predict_proba(scaler.transform(xva.astype(np.float64)))
     assert np.abs(probe.predict_proba(xva) - expected).max() < 1e-3
     # the decay with the best validation cross-entropy is kept, as for the Adam probe
-    grid = LinearProbe(CLASSES, ProbeConfig(solver="lbfgs", weight_decays=(3.0, 0.1, 1e-3)))
+    grid = LinearProbe(CLASSES, ProbeConfig(solver="lbfgs", weight_decays=[3.0, 0.1, 1e-3], cv_folds=0))
     chosen = grid.select(xtr, ytr, xva, yva)
     assert set(chosen.history) == {"wd=3", "wd=0.1", "wd=0.001"}
     best = max(chosen.history, key=lambda k: chosen.history[k][0])
@@ -204,8 +172,8 @@ def test_lbfgs_probe_is_the_penalised_logistic_regression() -> None:
 def test_lbfgs_cross_validation_chooses_the_decay_without_the_validation_labels() -> None:
     xtr, ytr = _features(300, 0, sep=0.5, dim=64)
     xva, yva = _features(100, 1, sep=0.5, dim=64)
-    cfg = ProbeConfig(solver="lbfgs", cv_folds=3, weight_decays=(10.0, 0.3, 1e-3), seed=0)
-    a, b = LinearProbe(CLASSES, cfg), LinearProbe(CLASSES, cfg)
+    cfg = ProbeConfig(solver="lbfgs", cv_folds=3, weight_decays=[10.0, 0.3, 1e-3])
+    a, b = LinearProbe(CLASSES, cfg, seed=0), LinearProbe(CLASSES, cfg, seed=0)
     sel = a.select(xtr, ytr, xva, yva)
     shuffled = np.random.default_rng(0).permutation(yva)  # other validation labels: same choice
     other = b.select(xtr, ytr, xva, shuffled)
@@ -225,7 +193,7 @@ def test_lbfgs_cross_validation_falls_back_to_validation_for_a_single_record_cla
     ytr = ytr.copy()
     ytr[ytr == 4] = 0
     ytr[0] = 4  # one HYP record: no 2-fold stratification possible
-    cfg = ProbeConfig(solver="lbfgs", cv_folds=5, weight_decays=(1.0, 1e-2))
+    cfg = ProbeConfig(solver="lbfgs", cv_folds=5, weight_decays=[1.0, 1e-2])
     sel = LinearProbe(CLASSES, cfg).select(xtr, ytr, xva, yva)
     assert sel.selected_on == "val" and np.isnan(sel.cv_loss)
     # two records of the rarest class: two folds instead of five
@@ -246,7 +214,7 @@ def test_select_readout_compares_cross_validated_probes_by_their_cv_loss() -> No
         "noise": (rng.normal(size=(120, 3)), rng.normal(size=(60, 3))),
         "signal": (informative(y_tr), informative(y_va)),
     }
-    cfg = ProbeConfig(solver="lbfgs", cv_folds=3, weight_decays=(0.1,))
+    cfg = ProbeConfig(solver="lbfgs", cv_folds=3, weight_decays=[0.1])
     name, probe = select_readout(["A", "B", "C"], cfg, readouts, y_tr, y_va)
     assert name == "signal" and probe.selection is not None
     assert probe.selection.readout_scores["signal"] == pytest.approx(-probe.selection.cv_loss)
@@ -256,12 +224,11 @@ def test_select_readout_compares_cross_validated_probes_by_their_cv_loss() -> No
     "kwargs, match",
     [
         (dict(solver="sgd"), "solver must be one of"),
-        (dict(solver="lbfgs", inits=3), "set inits to 1"),
         (dict(solver="lbfgs", cv_folds=1), "cv_folds must be 0"),
-        (dict(cv_folds=3), "cv_folds needs solver lbfgs"),
+        (dict(solver="adam", cv_folds=3), "cv_folds needs solver lbfgs"),
         (dict(solver="lbfgs", max_iter=0), "max_iter must be >= 1"),
     ],
 )
 def test_bad_probe_settings(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         ProbeConfig(**kwargs)

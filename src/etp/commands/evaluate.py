@@ -1,13 +1,13 @@
 """``etp evaluate``: zero-shot, linear probe and retrieval of a trained model on a prepared cache.
 
-Prints the paper's table layouts (zero-shot: Tables 2/3, linear probe: Table 1) with the paper's
-numbers beside ours and bootstrap 95 % confidence intervals, or JSON with ``--json``; ``--out DIR``
-also writes ``results.json``, ``results.md`` and (with ``--plots``) PNG figures.
-
-:func:`evaluate_model` is the library entry point that ``etp benchmark`` reuses: it takes record
-indices, so the caller decides the splits (named splits here, rotated folds in the benchmark).
-Classification uses the single-label records of each split (the paper's setting); retrieval uses
-every record of the test split that has a report.
+Settings come from a YAML config plus ``key=value`` overrides (:class:`EvaluateConfig`, the same
+interface as ``etp pretrain``); the defaults are the shipped protocol, that of
+``configs/benchmark-ptbxl.yaml`` (its ``probe:`` section and its shipped prompt variant), and the
+evaluation is :func:`etp.eval.protocol.evaluate_model`, the one ``etp benchmark`` runs, so a model
+gets the same figures from both. Prints the paper's table layouts (zero-shot: Tables 2/3, linear
+probe: Table 1) with the paper's numbers beside ours and bootstrap 95 % confidence intervals, or
+JSON with ``--json``; ``--out DIR`` also writes ``results.json``, ``results.md`` and (with
+``--plots``) PNG figures.
 """
 
 from __future__ import annotations
@@ -23,59 +23,99 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from etp.commands import add_views_argument, apply_views
+from etp.config import config_field, describe, load_config, to_dict
 from etp.errors import ConfigError, DataError, ModelError
+from etp.eval.linear_probe import ProbeConfig
+from etp.eval.protocol import SHIPPED_PROMPTS, TASKS, EvalOutput
+from etp.eval.zero_shot import PromptOptions
 
 log = logging.getLogger(__name__)
 
 EPILOG = (
     "examples:\n"
     "  etp evaluate --model runs/etp/model --cache runs/cache/ptbxl\n"
-    "  etp evaluate --model runs/etp/model --cache runs/cache/ptbxl --zero-shot --languages en,de\n"
+    "  etp evaluate --model runs/etp/model --cache runs/cache/ptbxl --zero-shot \\\n"
+    "      'zero_shot=[{name: en+de, languages: [en, de]}]'\n"
     "  etp evaluate --model runs/etp/model --cache runs/cache/ptbxl --linear-probe \\\n"
-    "      --label-fractions 0.01,0.1,1 --out runs/eval --plots\n"
+    "      probe.label_fractions=[0.01,0.1,1] --out runs/eval --plots\n"
+    "  etp evaluate --config my-eval.yaml bootstrap=0      # settings from a file\n"
+    "  etp evaluate --help-config                           # every config key\n"
     "\n"
-    "With none of --zero-shot/--linear-probe/--retrieval every task the model supports runs.\n"
-    "The linear probe chooses its epoch and weight decay on the validation split only (or, with\n"
-    "--probe-solver lbfgs --probe-cv-folds K, its weight decay by K-fold cross-validation over the\n"
-    "training split) and looks at the test split once."
+    "With none of --zero-shot/--linear-probe/--retrieval (and no `tasks`) every task the model\n"
+    "supports runs. The defaults are the shipped protocol (configs/benchmark-ptbxl.yaml): the\n"
+    "converged L-BFGS probe, its weight decay and readout by 5-fold cross-validation over the\n"
+    "training split, and the prompt variant 'en synonyms via reports' (the training split's\n"
+    "reports stand in for the prompts). The test split is looked at once. KEY=VALUE overrides\n"
+    "go after the flags."
 )
 
-
-@dataclass
-class EvalOptions:
-    """What :func:`evaluate_model` runs and how."""
-
-    zero_shot: bool = True
-    linear_probe: bool = True
-    retrieval: bool = True
-    prompt_variants: dict[str, Any] = field(default_factory=dict)  # name -> PromptOptions
-    prompt_table: str | None = None
-    probe: Any = None  # ProbeConfig (label_fraction is overridden by label_fractions)
-    #: encoder readouts the probe chooses among on validation (etp.models.resnet1d.POOLINGS)
-    probe_pooling: tuple[str, ...] = ("avg",)
-    label_fractions: tuple[float, ...] = (1.0,)
-    bootstrap: int = 1000
-    seed: int = 0
-    bf16: bool = False
-    batch_size: int = 256
-    features_cache: str | None = None
-    reports: list[str] | None = None  # gallery of prompt variants with via_reports
+_f = config_field
 
 
 @dataclass
-class EvalOutput:
-    """Results (JSON-ready) plus the per-record arrays that plots need."""
+class EvaluateConfig:
+    """``etp evaluate [--config FILE] [key=value ...]``."""
 
-    results: dict[str, Any]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    model: str = _f("", "trained model directory (also --model)")
+    cache: str = _f("", "prepared cache directory, `etp prepare`'s output (also --cache)")
+    split: str = _f("test", "split reported on (the cache's `split` column)")
+    train_split: str = _f(
+        "train", "split the probe trains on; its reports: the `via_reports` gallery"
+    )
+    val_split: str = _f("val", "split the probe (adam, or cv_folds 0) and the prompt choice use")
+    tasks: list[str] = _f(
+        [], "any of linear_probe, zero_shot, retrieval; empty: every task the model supports"
+    )
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    zero_shot: list[PromptOptions] = _f(
+        [SHIPPED_PROMPTS], "prompt variants (default: the shipped one, en synonyms via reports)"
+    )
+    prompts: str | None = _f(None, "prompt table YAML (default: the packaged one)")
+    reports: str = _f(
+        "train",
+        "gallery of `via_reports` prompt variants: 'train' (the training split's reports) or a "
+        "file (one report per line, or a CSV/TSV with a 'report' column)",
+    )
+    bootstrap: int = _f(1000, "bootstrap resamples for the 95 % CIs (0 = none)")
+    seed: int = _f(0, "seed of the probe (label draw, initialisation, CV folds) and the bootstrap")
+    precision: str = _f("bf16", "feature extraction precision: bf16 or fp32")
+    views: str = _f(
+        "auto",
+        "test-time views of every ECG: 'auto' (the model's own: 3x0.75 for models trained on "
+        "crops, else 1), '1' (the record as it is), or N / NxF (N crops of fraction F)",
+    )
+    batch_size: int = _f(256, "records per forward pass")
+    device: str = _f("cpu", "cpu, cuda or auto")
+    features_cache: str | None = _f(None, "keep extracted features here for reuse")
+    out: str | None = _f(None, "write results.json and results.md here (also --out)")
+    plots: bool = _f(False, "with out: also write PNG plots (also --plots)")
+
+    def __post_init__(self) -> None:
+        """The checks of the evaluation settings (probe and prompts check their own)."""
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"tasks: {unknown} (valid: {', '.join(TASKS)})")
+        if self.bootstrap < 0 or self.batch_size < 1:
+            raise ConfigError("bootstrap must be >= 0 and batch_size >= 1")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"precision: {self.precision!r} is not 'bf16' or 'fp32'")
+        self.views = str(self.views).strip()  # YAML reads `views: 1` as a number
+        if self.views != "auto":
+            from etp.data.views import Views
+
+            Views.parse(self.views)  # a ConfigError naming `views`
+        names = [v.label for v in self.zero_shot]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"zero_shot: variant names must be unique, got {names}")
+        if self.plots and not self.out:
+            raise ConfigError("plots needs out (--out DIR)")
 
 
-def _single(prepared: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = prepared.label_index(idx)
-    keep = y >= 0
-    return np.asarray(idx)[keep], y[keep]
+def load_evaluate_config(path: str | None, overrides: list[str]) -> EvaluateConfig:
+    """An :class:`EvaluateConfig` from a YAML file (optional) and ``key=value`` overrides."""
+    return load_config(EvaluateConfig, path, overrides)
 
 
 def preprocessing_mismatch(loaded: Any, prepared: Any) -> list[str]:
@@ -84,55 +124,31 @@ def preprocessing_mismatch(loaded: Any, prepared: Any) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def evaluate_model(
-    loaded: Any,
-    prepared: Any,
-    test_idx: np.ndarray,
-    train_idx: np.ndarray | None = None,
-    val_idx: np.ndarray | None = None,
-    opts: EvalOptions | None = None,
-) -> EvalOutput:
-    """Zero-shot, linear probe and retrieval of ``loaded`` on records of ``prepared``.
+def results_of(
+    out: EvalOutput, loaded: Any, prepared: Any, n_test_records: int, bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """The JSON-ready results of one evaluation: figures (with bootstrap CIs), choices, data."""
+    from etp.eval.aggregate import bootstrap_stats
+    from etp.eval.features import model_fingerprint
+    from etp.eval.metrics import zero_shot_metrics
 
-    Args:
-        loaded: a :class:`~etp.models.etp.LoadedModel`.
-        prepared: a :class:`~etp.data.cache.PreparedDataset`.
-        test_idx: records of the test split (any labels; single-label ones are classified).
-        train_idx, val_idx: records for the linear probe (needed when it runs).
-        opts: what to run.
-    """
-    from etp.eval.features import extract, model_fingerprint
-    from etp.eval.linear_probe import ProbeConfig, select_readout
-    from etp.eval.metrics import bootstrap_ci, classification_metrics, zero_shot_metrics
-    from etp.eval.retrieval import evaluate_retrieval
-    from etp.eval.zero_shot import (
-        PromptOptions,
-        ReportGallery,
-        evaluate_zero_shot,
-        load_prompt_table,
-    )
-
-    opts = opts or EvalOptions()
     classes = list(prepared.classes)
-    dataset = str(prepared.info.get("dataset", ""))
-    test_idx = np.asarray(test_idx, dtype=np.int64)
-    cls_idx, y_test = _single(prepared, test_idx)
-    where = f"{prepared.path}"
+    y = out.test_y
     results: dict[str, Any] = {
         "model": {
             "path": str(getattr(loaded, "path", "")),
             "method": loaded.method,
             "fingerprint": model_fingerprint(loaded),
-            "views": str(getattr(loaded, "views", "1")),
+            "views": out.views,
         },
         "data": {
             "cache": str(prepared.path),
-            "dataset": dataset,
+            "dataset": str(prepared.info.get("dataset", "")),
             "fingerprint": prepared.fingerprint,
             "classes": classes,
-            "n_test_records": int(test_idx.size),
-            "n_test_single_label": int(cls_idx.size),
-            "test_counts": {c: int((y_test == i).sum()) for i, c in enumerate(classes)},
+            "n_test_records": int(n_test_records),
+            "n_test_single_label": int(y.size),
+            "test_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
         },
     }
     mismatch = preprocessing_mismatch(loaded, prepared)
@@ -142,109 +158,40 @@ def evaluate_model(
             ", ".join(mismatch),
         )
         results["preprocessing_mismatch"] = mismatch
-    arrays: dict[str, np.ndarray] = {"y_test": y_test, "test_indices": cls_idx}
-    kw = dict(bf16=opts.bf16, batch_size=opts.batch_size, cache_dir=opts.features_cache)
-    boot = dict(n_boot=opts.bootstrap, seed=opts.seed)
-
-    if (opts.zero_shot or opts.retrieval) and not loaded.has_text:
-        raise ModelError(
-            f"{results['model']['path']}: this {loaded.method!r} model has no text "
-            "side: zero-shot and retrieval need an ETP model (use --linear-probe)"
-        )
-    if opts.zero_shot:
-        if cls_idx.size == 0:
-            raise DataError(f"{where}: no single-label record in the test selection to classify")
-        table = load_prompt_table(opts.prompt_table)
-        emb = extract(loaded, prepared, cls_idx, kind="embedding", **kw)
-        arrays["test_embedding"] = emb
-        scale = float(loaded.model.scale().detach())
-        variants = opts.prompt_variants or {"en": PromptOptions()}
-        gallery = (
-            ReportGallery(opts.reports, loaded.embed_texts_frozen)
-            if opts.reports is not None
-            else None
-        )
+    if out.zs_test:
         results["zero_shot"] = {}
-        for name, popts in variants.items():
-            res = evaluate_zero_shot(
-                emb,
-                y_test,
-                classes,
-                loaded.embed_texts,
-                scale,
-                dataset=dataset,
-                table=table,
-                options=popts,
-                gallery=gallery,
-            )
-            entry = res.to_dict()
-            if opts.bootstrap > 0:
-                entry["ci"] = bootstrap_ci(
-                    lambda y, p: zero_shot_metrics(y, p, classes, warn=False),
-                    y_test,
-                    res.prediction.probabilities,
-                    **boot,
-                )
-            results["zero_shot"][name] = entry
-            arrays[f"zero_shot_probs:{name}"] = res.prediction.probabilities
-
-    if opts.linear_probe:
-        if train_idx is None or val_idx is None:
-            raise ConfigError("the linear probe needs a train and a validation split")
-        tr_idx, y_tr = _single(prepared, train_idx)
-        va_idx, y_va = _single(prepared, val_idx)
-        for name, n in (
-            ("train", tr_idx.size),
-            ("validation", va_idx.size),
-            ("test", cls_idx.size),
-        ):
-            if n == 0:
-                raise DataError(
-                    f"{where}: the {name} split has no single-label record for the probe"
-                )
-        base = opts.probe or ProbeConfig(seed=opts.seed)
-        feats = {
-            pooling: [
-                extract(loaded, prepared, idx, kind="features", **kw, pooling=pooling)
-                for idx in (tr_idx, va_idx, cls_idx)
-            ]
-            for pooling in opts.probe_pooling
-        }
-        arrays["test_features"] = feats[opts.probe_pooling[0]][2]
+    for name, probs in out.zs_test.items():
+        entry: dict[str, Any] = {"metrics": zero_shot_metrics(y, probs, classes)}
+        entry.update(out.zs_details[name])
+        if name in out.zs_val_auc:
+            entry["val_auc"] = out.zs_val_auc[name]
+        if bootstrap > 0:
+            entry["ci"] = bootstrap_stats(y, probs, "zero_shot", classes, bootstrap, seed)
+        results["zero_shot"][name] = entry
+    if out.probe:
         results["linear_probe"] = {}
-        for frac in opts.label_fractions:
-            cfg = ProbeConfig(**{**base.__dict__, "label_fraction": float(frac)})
-            # train + validation only (and the readout, when several, chosen on validation)
-            chosen, probe = select_readout(
-                classes, cfg, {k: (f[0], f[1]) for k, f in feats.items()}, y_tr, y_va
-            )
-            res = probe.evaluate_test(feats[chosen][2], y_test)  # the single look at the test split
-            entry = res.to_dict()
-            if opts.bootstrap > 0:
-                entry["ci"] = bootstrap_ci(
-                    lambda y, p: classification_metrics(y, p, classes, warn=False),
-                    y_test,
-                    res.test_probabilities,
-                    **boot,
-                )
-            key = f"{100 * frac:g}%"
-            results["linear_probe"][key] = entry
-            arrays[f"probe_probs:{key}"] = res.test_probabilities
+    for frac, probs in out.probe.items():
+        entry = dict(out.probe_results[frac])
+        if bootstrap > 0:
+            entry["ci"] = bootstrap_stats(y, probs, "probe", classes, bootstrap, seed)
+        results["linear_probe"][f"{100 * frac:g}%"] = entry
+    if out.retrieval is not None:
+        results["retrieval"] = out.retrieval
+    return results
 
-    if opts.retrieval:
-        texts = prepared.reports(test_idx)  # canonical= below normalises/translates
-        has = np.array([bool(t.strip()) for t in texts])
-        if not has.any():
-            raise DataError(f"{where}: no record of the test selection has a report to retrieve")
-        r_idx = test_idx[has]
-        emb = extract(loaded, prepared, r_idx, kind="embedding", **kw)
-        results["retrieval"] = evaluate_retrieval(
-            emb,
-            [t for t, h in zip(texts, has) if h],
-            loaded.embed_texts,
-            canonical=loaded.prepare_texts,
-        )
-    return EvalOutput(results=results, arrays=arrays)
+
+def arrays_of(out: EvalOutput) -> dict[str, np.ndarray]:
+    """The per-record arrays the plots read."""
+    arrays: dict[str, np.ndarray] = {"y_test": out.test_y, "test_indices": out.test_indices}
+    if out.test_emb is not None:
+        arrays["test_embedding"] = out.test_emb
+    if out.test_features is not None:
+        arrays["test_features"] = out.test_features
+    for name, probs in out.zs_test.items():
+        arrays[f"zero_shot_probs:{name}"] = probs
+    for frac, probs in out.probe.items():
+        arrays[f"probe_probs:{100 * frac:g}%"] = probs
+    return arrays
 
 
 # ------------------------------------------------------------------------------------------
@@ -407,6 +354,9 @@ def write_plots(
     return files
 
 
+_CRITERION = {"loss": "cross-entropy", "auc": "macro AUC"}
+
+
 # ------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------
@@ -414,220 +364,152 @@ def write_plots(
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``etp evaluate``."""
-    from etp.commands.zero_shot import add_prompt_arguments
-
     p = subparsers.add_parser(
         "evaluate",
         help="zero-shot, linear-probe and retrieval evaluation on a prepared cache",
-        description="Evaluate a trained model on a prepared cache and print the paper's tables.",
+        description="Evaluate a trained model on a prepared cache and print the paper's tables. "
+        "Settings come from the YAML config (optional) and KEY=VALUE overrides, e.g. "
+        "probe.label_fractions=[0.1,1] bootstrap=0; the defaults are the shipped protocol.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="trained model directory")
-    p.add_argument("--cache", required=True, metavar="DIR", help="prepared cache (etp prepare)")
-    p.add_argument("--split", default="test", help="split to report on (default test)")
+    p.add_argument("--config", metavar="FILE", help="YAML config (keys: etp evaluate --help-config)")
+    p.add_argument("--model", metavar="DIR", help="trained model directory (key: model)")
+    p.add_argument("--cache", metavar="DIR", help="prepared cache, etp prepare's (key: cache)")
     p.add_argument("--zero-shot", action="store_true", help="run zero-shot classification")
     p.add_argument("--linear-probe", action="store_true", help="run the linear probe")
     p.add_argument("--retrieval", action="store_true", help="run ECG<->report retrieval")
-    p.add_argument("--train-split", default="train", help="probe training split (default train)")
-    p.add_argument("--val-split", default="val", help="probe validation split (default val)")
-    p.add_argument(
-        "--label-fractions",
-        default="1",
-        metavar="LIST",
-        help="comma-separated fractions of the training labels for the probe, e.g. 0.01,0.1,1",
-    )
-    p.add_argument("--probe-epochs", type=int, default=100, metavar="N", help="probe max epochs")
-    p.add_argument(
-        "--probe-patience",
-        type=int,
-        default=10,
-        metavar="N",
-        help="probe early-stopping patience (epochs without validation gain)",
-    )
-    p.add_argument(
-        "--probe-select-by",
-        choices=("loss", "auc"),
-        default="loss",
-        help="validation criterion for the probe's epoch and weight decay: cross-entropy "
-        "(default, steadier on small validation sets) or macro AUC",
-    )
-    p.add_argument(
-        "--probe-inits",
-        type=int,
-        default=1,
-        metavar="N",
-        help="independently initialised probes, each selected on validation, whose weights are "
-        "averaged into one linear classifier (default 1, the paper's single probe; adam only)",
-    )
-    p.add_argument(
-        "--probe-solver",
-        choices=("adam", "lbfgs"),
-        default="adam",
-        help="adam: minibatch Adam, epoch chosen on validation (default, the paper's); lbfgs: "
-        "full-batch L-BFGS to the optimum of the L2-penalised cross-entropy",
-    )
-    p.add_argument(
-        "--probe-cv-folds",
-        type=int,
-        default=0,
-        metavar="K",
-        help="with --probe-solver lbfgs: choose the weight decay by stratified K-fold "
-        "cross-validation over the training split instead of on validation (default 0: validation)",
-    )
-    p.add_argument(
-        "--probe-pooling",
-        default="avg",
-        metavar="R[,R]",
-        help="readout(s) of the frozen encoder for the probe: avg (default, the 512-d pretrained "
-        "output), avg+max (average and maximum over time, 1024-d), or both comma-separated to "
-        "choose per fit on validation",
-    )
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=1000,
-        metavar="N",
-        help="bootstrap resamples for 95%% CIs (0 = none)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 feature extraction")
-    add_views_argument(p)
-    p.add_argument("--batch-size", type=int, default=256, metavar="N")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--features-cache", metavar="DIR", help="keep extracted features here for reuse")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--out", metavar="DIR", help="write results.json and results.md here")
+    p.add_argument("--out", metavar="DIR", help="write results.json and results.md here (key: out)")
     p.add_argument("--plots", action="store_true", help="with --out: also write PNG plots")
-    add_prompt_arguments(p, reports_from_train=True)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    p.add_argument("--help-config", action="store_true", help="list every config key, exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=run)
 
 
-def _fractions(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--label-fractions: expected numbers like 0.01,0.1,1, got {text!r}"
-        ) from None
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise ConfigError(f"--label-fractions: each fraction must be in (0, 1], got {text!r}")
-    return values
+def help_config() -> str:
+    """Every config key with its default and help text (for ``--help-config``)."""
+    lines = []
+    for key, text, default in describe(EvaluateConfig):
+        shown = yaml.safe_dump(to_dict_default(default), default_flow_style=True).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        lines += [f"  {key} = {shown}", f"      {text}"]
+    fields = ", ".join(k for k, _, _ in describe(PromptOptions))
+    lines.append(f"  (each zero_shot item: {fields})")
+    return "\n".join(lines)
 
 
-def _poolings(text: str) -> tuple[str, ...]:
-    from etp.models.resnet1d import check_poolings
-
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    return check_poolings(values, "--probe-pooling")
-
-
-_CRITERION = {"loss": "cross-entropy", "auc": "macro AUC"}
+def to_dict_default(value: Any) -> Any:
+    """A default as plain data (prompt variants as mappings)."""
+    if isinstance(value, list):
+        return [to_dict(v) if hasattr(v, "__dataclass_fields__") else v for v in value]
+    return value
 
 
-def _gallery(args: argparse.Namespace, prepared: Any) -> list[str] | None:
-    """The ``--reports`` gallery: a file, or ``train`` = the training split's reports."""
+def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    """The config of the command line: the file, then the flags, then KEY=VALUE overrides."""
+    flags = []
+    for key in ("model", "cache", "out"):
+        if getattr(args, key):
+            flags.append(f"{key}={json.dumps(getattr(args, key))}")
+    if args.plots:
+        flags.append("plots=true")
+    chosen = [t for t, on in (("zero_shot", args.zero_shot), ("linear_probe", args.linear_probe),
+                              ("retrieval", args.retrieval)) if on]
+    if chosen:
+        flags.append(f"tasks=[{','.join(chosen)}]")
+    cfg = load_evaluate_config(args.config, [*flags, *args.overrides])
+    for key, flag in (("model", "--model"), ("cache", "--cache")):
+        if not getattr(cfg, key):
+            raise ConfigError(f"{flag} DIR (or {key}=DIR) is required")
+    return cfg
+
+
+def _gallery(cfg: EvaluateConfig, prepared: Any) -> list[str] | None:
+    """The ``via_reports`` gallery: the training split's reports, or those of a file."""
     from etp.commands.zero_shot import read_reports
 
-    if args.reports is None:
+    if not any(v.via_reports for v in cfg.zero_shot):
         return None
-    if args.reports != "train":
-        return read_reports(args.reports)
-    if args.split == args.train_split:
-        raise ConfigError(f"--reports train: the evaluated split is the training split {args.split!r}")
-    reports = [r for r in prepared.reports(prepared.select(split=args.train_split)) if r.strip()]
+    if cfg.reports != "train":
+        return read_reports(cfg.reports)
+    if cfg.split == cfg.train_split:
+        raise ConfigError(
+            f"reports=train: the evaluated split is the training split {cfg.split!r}"
+        )
+    reports = [r for r in prepared.reports(prepared.select(split=cfg.train_split)) if r.strip()]
     if not reports:
-        raise DataError(f"{args.cache}: --reports train: the {args.train_split!r} split has no report")
+        raise DataError(
+            f"{cfg.cache}: reports=train: the {cfg.train_split!r} split has no report "
+            "(give reports=FILE, or a prompt variant without via_reports)"
+        )
     return reports
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``etp evaluate``."""
-    from etp.commands.zero_shot import prompt_options
     from etp.data.cache import load_prepared
-    from etp.eval.linear_probe import ProbeConfig
+    from etp.eval.protocol import EvalSettings, evaluate_model, make_split
     from etp.eval.report import to_jsonable, write_results_json
     from etp.io import atomic_write_text
     from etp.models.etp import load_model_dir
 
-    if args.plots and not args.out:
-        raise ConfigError("--plots needs --out DIR")
-    if (
-        args.bootstrap < 0
-        or args.batch_size < 1
-        or args.probe_epochs < 1
-        or args.probe_patience < 1
-        or args.probe_inits < 1
-    ):
-        raise ConfigError(
-            "--bootstrap must be >= 0; --batch-size, --probe-epochs, --probe-patience, "
-            "--probe-inits >= 1"
+    if args.help_config:
+        print(help_config())
+        return 0
+    cfg = config_from_args(args)
+    if args.print_config:
+        sys.stdout.write(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+        return 0
+    prepared = load_prepared(cfg.cache)
+    loaded = load_model_dir(cfg.model, device=cfg.device)
+    tasks = list(cfg.tasks) or [t for t in TASKS if t == "linear_probe" or loaded.has_text]
+    if ("zero_shot" in tasks or "retrieval" in tasks) and not loaded.has_text:
+        raise ModelError(
+            f"{cfg.model}: this {loaded.method!r} model has no text side: zero-shot and "
+            "retrieval need an ETP model (use --linear-probe)"
         )
-    fractions = _fractions(args.label_fractions)
-    poolings = _poolings(args.probe_pooling)
-    popts = prompt_options(args)
-    try:
-        probe = ProbeConfig(
-            max_epochs=args.probe_epochs,
-            patience=args.probe_patience,
-            select_by=args.probe_select_by,
-            inits=args.probe_inits,
-            solver=args.probe_solver,
-            cv_folds=args.probe_cv_folds,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"--probe-solver / --probe-cv-folds / --probe-inits: {exc}") from exc
-    prepared = load_prepared(args.cache)
-    loaded = load_model_dir(args.model, device=args.device)
-    probe.device = str(loaded.device)
-    apply_views(loaded, args)
-    chosen = args.zero_shot or args.linear_probe or args.retrieval
-    opts = EvalOptions(
-        zero_shot=args.zero_shot or (not chosen and loaded.has_text),
-        linear_probe=args.linear_probe or not chosen,
-        retrieval=args.retrieval or (not chosen and loaded.has_text),
-        prompt_variants={popts.describe(): popts},
-        prompt_table=args.prompts,
-        probe=probe,
-        probe_pooling=poolings,
-        label_fractions=fractions,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        bf16=args.bf16,
-        batch_size=args.batch_size,
-        features_cache=args.features_cache,
-        reports=_gallery(args, prepared),
-    )
-    test_idx = prepared.select(split=args.split)
+    test_idx = prepared.select(split=cfg.split)
     if test_idx.size == 0:
-        raise DataError(f"{args.cache}: split {args.split!r} has no records")
-    train_idx = val_idx = None
-    if opts.linear_probe:
-        train_idx = prepared.select(split=args.train_split)
-        val_idx = prepared.select(split=args.val_split)
-        if args.split in (args.train_split, args.val_split):
-            raise ConfigError(
-                f"--split {args.split!r} must differ from the probe's train/val splits"
-            )
-    out = evaluate_model(loaded, prepared, test_idx, train_idx, val_idx, opts)
-    md = results_markdown(out.results)
-    if args.out:
-        out_dir = Path(args.out)
-        config = {k: v for k, v in vars(args).items() if k != "func"}
+        raise DataError(f"{cfg.cache}: split {cfg.split!r} has no records")
+    if cfg.split in (cfg.train_split, cfg.val_split) and "linear_probe" in tasks:
+        raise ConfigError(f"split {cfg.split!r} must differ from the probe's train/val splits")
+    split = make_split(
+        prepared,
+        test_idx,
+        prepared.select(split=cfg.train_split) if cfg.train_split != cfg.split else None,
+        prepared.select(split=cfg.val_split) if cfg.val_split != cfg.split else None,
+    )
+    settings = EvalSettings(
+        probe=cfg.probe,
+        zero_shot=list(cfg.zero_shot),
+        prompts=cfg.prompts,
+        precision=cfg.precision,
+        views=cfg.views,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        features_cache=cfg.features_cache,
+    )
+    gallery = _gallery(cfg, prepared) if "zero_shot" in tasks else None
+    out = evaluate_model(loaded, prepared, split, settings, tasks, gallery=gallery)
+    results = results_of(out, loaded, prepared, test_idx.size, cfg.bootstrap, cfg.seed)
+    md = results_markdown(results)
+    if cfg.out:
+        out_dir = Path(cfg.out)
         write_results_json(
             out_dir / "results.json",
-            out.results,
+            results,
             command=sys.argv,
-            config=config,
+            config=cfg,
             data_fingerprint=prepared.fingerprint,
-            seeds=[args.seed],
+            seeds=[cfg.seed],
         )
         atomic_write_text(out_dir / "results.md", md)
-        if args.plots:
-            write_plots(out_dir, out.results, out.arrays, loaded.method)
+        if cfg.plots:
+            write_plots(out_dir, results, arrays_of(out), loaded.method)
     if args.json:
-        print(json.dumps(to_jsonable(out.results), indent=2, allow_nan=False))
+        print(json.dumps(to_jsonable(results), indent=2, allow_nan=False))
     else:
         print(md, end="")
     return 0

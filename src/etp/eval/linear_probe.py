@@ -15,17 +15,12 @@ training split) and never on the test split:
    macro AUC in steps, and picking the best of ~100 epochs x 8 decays by it overfits the fold
    (in development runs, folds 1-9 only, choosing by cross-entropy raised the test AUC in 8 of 8
    model sets, by 0.4 to 3.6 points: ``benchmarks/dev_rotations.py``).
-   With ``inits > 1`` this is repeated from several seeded initialisations and minibatch orders
-   (each choosing its own weight decay and epoch on validation) and the probe is the mean of
-   their weights and biases: still one linear classifier, with less of the run-to-run spread
-   that early stopping on a small validation fold brings (``benchmarks/dev_validation.py probe``).
    With ``solver="lbfgs"`` there are no epochs: for each weight decay the L2-penalised
    cross-entropy is minimised to convergence by full-batch L-BFGS (a multinomial logistic
    regression), and with ``cv_folds=k`` the decay is chosen by stratified k-fold
    cross-validation over the training records instead of on the validation split, whose ~80
-   records (one PTB-XL fold here) make a noisy judge of eight decays. On the benchmark rotations'
-   validation folds, cross-fitted, this raised the probe's macro AUC over the Adam probe for
-   every ETP seed (``benchmarks/dev_validation.py probe``; figures in the benchmark config).
+   records (one PTB-XL fold here) make a noisy judge of eight decays. This is the shipped
+   protocol (:class:`ProbeConfig`'s defaults, those of ``configs/benchmark-ptbxl.yaml``).
 5. Only then is the test split scored — once (:meth:`LinearProbe.evaluate_test` refuses a second
    call). Nothing is tuned on test: no epoch choice, no decision thresholds.
 """
@@ -45,6 +40,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from etp.config import config_field
+from etp.errors import ConfigError
 from etp.eval.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -57,53 +54,84 @@ SELECT_BY = ("loss", "auc")
 SOLVERS = ("adam", "lbfgs")
 
 
+_f = config_field
+
+
 @dataclass
 class ProbeConfig:
-    """Hyper-parameters of the linear probe (the grid is searched on validation only)."""
+    """Linear-probe settings: the ``probe:`` section of ``etp benchmark`` and ``etp evaluate``
+    configs. The defaults are the shipped protocol (``configs/benchmark-ptbxl.yaml``); every
+    choice is made on the validation split or by cross-validation over the training split."""
 
-    lr: float = 1e-3
-    batch_size: int = 32
-    max_epochs: int = 100
-    patience: int = 10
-    weight_decays: tuple[float, ...] = (0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
-    label_fraction: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
-    select_by: str = "loss"
-    #: independently initialised probes whose weights are averaged (1: the paper's single probe)
-    inits: int = 1
-    #: ``"adam"`` (minibatch, epoch chosen on validation) or ``"lbfgs"`` (full batch, converged)
-    solver: str = "adam"
-    #: 0: the weight decay is chosen on the validation split; k >= 2 (``lbfgs`` only): by k-fold
-    #: stratified cross-validation over the training split (pooled out-of-fold predictions)
-    cv_folds: int = 0
-    #: most L-BFGS iterations per weight decay
-    max_iter: int = 500
+    lr: float = _f(1e-3, "Adam learning rate of the linear classifier (adam)")
+    batch_size: int = _f(32, "minibatch size (adam; paper: 32)")
+    max_epochs: int = _f(100, "maximum epochs; early stopping on the validation criterion (adam)")
+    patience: int = _f(10, "epochs without validation improvement before stopping (adam)")
+    weight_decays: list[float] = _f(
+        [0.0, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0], "weight-decay (L2) grid searched"
+    )
+    label_fractions: list[float] = _f(
+        [0.01, 0.1, 1.0], "fractions of the training labels (one probe per fraction)"
+    )
+    select_by: str = _f(
+        "loss", "criterion for epoch, weight decay and readout: 'loss' (cross-entropy) or 'auc'"
+    )
+    solver: str = _f(
+        "lbfgs",
+        "'lbfgs' (full-batch L-BFGS to the optimum of the L2-penalised cross-entropy: a logistic "
+        "regression) or 'adam' (minibatch Adam, epoch chosen on validation: the paper's)",
+    )
+    cv_folds: int = _f(
+        5,
+        "k >= 2 (lbfgs): weight decay and readout by stratified k-fold cross-validation over the "
+        "training split; 0: chosen on the validation split",
+    )
+    max_iter: int = _f(500, "most L-BFGS iterations per weight decay (lbfgs)")
+    pooling: list[str] = _f(
+        ["avg", "avg+max"],
+        "readouts of the frozen encoder the probe may read, chosen per fit like the weight "
+        "decay: 'avg' (the 512-d pretrained output), 'avg+max' (average and maximum over time, "
+        "1024-d)",
+    )
 
     def __post_init__(self) -> None:
+        """The checks of every probe setting (a ConfigError naming the ``probe.`` key)."""
+        from etp.models.resnet1d import check_poolings
+
         if self.select_by not in SELECT_BY:
-            raise ValueError(
-                f"probe select_by must be one of {SELECT_BY}, got {self.select_by!r}"
+            raise ConfigError(
+                f"probe.select_by must be one of {SELECT_BY}, got {self.select_by!r}"
             )
-        if int(self.inits) < 1:
-            raise ValueError(f"probe inits must be >= 1, got {self.inits}")
         if self.solver not in SOLVERS:
-            raise ValueError(f"probe solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.solver == "lbfgs" and int(self.inits) != 1:
-            raise ValueError(
-                "probe inits > 1 averages early-stopped Adam probes; the lbfgs probe solves a "
-                "convex problem to its optimum, so every initialisation gives the same probe: "
-                "set inits to 1"
-            )
+            raise ConfigError(f"probe.solver must be one of {SOLVERS}, got {self.solver!r}")
         if int(self.cv_folds) == 1 or int(self.cv_folds) < 0:
-            raise ValueError(f"probe cv_folds must be 0 (validation) or >= 2, got {self.cv_folds}")
-        if int(self.cv_folds) and self.solver != "lbfgs":
-            raise ValueError(
-                "probe cv_folds needs solver lbfgs: an Adam probe chooses its epoch on the "
-                "validation split"
+            raise ConfigError(
+                f"probe.cv_folds must be 0 (validation) or >= 2, got {self.cv_folds}"
             )
-        if int(self.max_iter) < 1:
-            raise ValueError(f"probe max_iter must be >= 1, got {self.max_iter}")
+        if int(self.cv_folds) and self.solver != "lbfgs":
+            raise ConfigError(
+                "probe.cv_folds needs solver lbfgs: an Adam probe chooses its epoch on the "
+                "validation split (set probe.cv_folds=0)"
+            )
+        for key in ("max_iter", "max_epochs", "patience", "batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"probe.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.weight_decays or any(float(d) < 0 for d in self.weight_decays):
+            raise ConfigError(
+                f"probe.weight_decays: expected a non-empty list of decays >= 0, got "
+                f"{self.weight_decays}"
+            )
+        if not self.label_fractions:
+            raise ConfigError("probe.label_fractions: give at least one fraction, e.g. [1.0]")
+        for frac in self.label_fractions:
+            if not 0 < float(frac) <= 1:
+                raise ConfigError(f"probe.label_fractions: {frac} is not in (0, 1]")
+        self.pooling = list(check_poolings(list(self.pooling), "probe.pooling"))
+
+    @property
+    def cross_validated(self) -> bool:
+        """Whether the decay and readout are chosen by cross-validation over training."""
+        return self.solver == "lbfgs" and bool(self.cv_folds)
 
 
 def stratified_fraction(
@@ -145,8 +173,7 @@ class ProbeSelection:
     history: dict[str, list[float]] = field(default_factory=dict)
     select_by: str = "loss"
     val_loss: float = math.nan
-    #: per initialisation (``inits > 1``): its chosen weight decay and epoch; the fields above
-    #: then hold their medians
+    #: the chosen weight decay and epoch as one-element lists (the results' layout)
     weight_decays: list[float] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
     #: with :func:`select_readout`: the chosen feature readout and each candidate's validation
@@ -172,12 +199,16 @@ class ProbeResult:
     test_metrics: dict[str, Any]
     test_probabilities: np.ndarray
     test_labels: np.ndarray
+    label_fraction: float = 1.0
+    seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no per-record arrays)."""
         sel = self.selection
         return {
-            "config": asdict(self.config),
+            "config": {
+                **asdict(self.config), "label_fraction": self.label_fraction, "seed": self.seed
+            },
             "selection": {
                 "weight_decay": sel.weight_decay,
                 "best_epoch": sel.best_epoch,
@@ -203,20 +234,6 @@ def _cross_entropy(y: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-likelihood of the true classes."""
     p = probs[np.arange(len(y)), y]
     return float(-np.mean(np.log(np.clip(p, 1e-12, None))))
-
-
-def _init_seed(seed: int, k: int) -> int:
-    """Seed of the probe's ``k``-th initialisation (k >= 1), derived from the probe seed."""
-    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0])
-
-
-def _mean_linear(models: Sequence[nn.Linear]) -> nn.Linear:
-    """One linear layer whose weight and bias are the means of ``models``' (same shapes)."""
-    out = copy.deepcopy(models[0])
-    with torch.no_grad():
-        out.weight.copy_(torch.stack([m.weight for m in models]).mean(0))
-        out.bias.copy_(torch.stack([m.bias for m in models]).mean(0))
-    return out
 
 
 def _lbfgs_path(
@@ -265,14 +282,24 @@ class LinearProbe:
 
     Example::
 
-        probe = LinearProbe(classes, ProbeConfig(label_fraction=0.1, seed=0))
+        probe = LinearProbe(classes, ProbeConfig(), label_fraction=0.1, seed=0)
         probe.select(x_train, y_train, x_val, y_val)   # standardise, subsample, grid, early stop
         result = probe.evaluate_test(x_test, y_test)  # the only look at the test split
     """
 
-    def __init__(self, classes: Sequence[str], config: ProbeConfig | None = None) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str],
+        config: ProbeConfig | None = None,
+        label_fraction: float = 1.0,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
         self.classes = list(classes)
         self.config = config or ProbeConfig()
+        self.label_fraction = float(label_fraction)
+        self.seed = int(seed)
+        self.device = str(device)
         self.scaler: StandardScaler | None = None
         self.model: nn.Linear | None = None
         self.selection: ProbeSelection | None = None
@@ -283,7 +310,7 @@ class LinearProbe:
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         assert self.scaler is not None
         z = self.scaler.transform(np.asarray(x, dtype=np.float64)).astype(np.float32)
-        return torch.from_numpy(z).to(self.config.device)
+        return torch.from_numpy(z).to(self.device)
 
     def _probs(self, model: nn.Linear, x: torch.Tensor) -> np.ndarray:
         model.eval()
@@ -302,7 +329,7 @@ class LinearProbe:
         cfg = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = nn.Linear(xt.shape[1], len(self.classes)).to(cfg.device)
+            model = nn.Linear(xt.shape[1], len(self.classes)).to(self.device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=wd)
         gen = torch.Generator().manual_seed(seed)
         loss_fn = nn.CrossEntropyLoss()
@@ -311,7 +338,7 @@ class LinearProbe:
         stale = 0
         for epoch in range(1, cfg.max_epochs + 1):
             model.train()
-            order = torch.randperm(xt.shape[0], generator=gen).to(cfg.device)
+            order = torch.randperm(xt.shape[0], generator=gen).to(self.device)
             for start in range(0, xt.shape[0], cfg.batch_size):
                 b = order[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
@@ -345,40 +372,25 @@ class LinearProbe:
             if y.min() < 0 or y.max() >= len(self.classes):
                 raise ValueError(f"{name} labels must be class indices in [0, {len(self.classes)})")
         self.scaler = StandardScaler().fit(np.asarray(x_train, dtype=np.float64))
-        sub = stratified_fraction(y_train, cfg.label_fraction, cfg.seed, len(self.classes))
+        sub = stratified_fraction(y_train, self.label_fraction, self.seed, len(self.classes))
         xt = self._tensor(np.asarray(x_train)[sub])
-        yt = torch.from_numpy(y_train[sub]).to(cfg.device)
+        yt = torch.from_numpy(y_train[sub]).to(self.device)
         xv = self._tensor(x_val)
         if cfg.solver == "lbfgs":
             return self._select_lbfgs(xt, yt, xv, y_val, sub)
         history: dict[str, list[float]] = {}
-        chosen: list[tuple[float, int, nn.Linear, dict[str, Any]]] = []
-        for k in range(int(cfg.inits)):
-            # init 0 is the single probe of inits=1; the others draw fresh seeds from it
-            seed = cfg.seed if k == 0 else _init_seed(cfg.seed, k)
-            best: tuple[float, float, int, nn.Linear, dict[str, Any]] | None = None
-            for wd in cfg.weight_decays:
-                model, epoch, score, metrics, curve = self._fit_one(xt, yt, xv, y_val, wd, seed)
-                history[f"wd={wd:g}" + (f",init={k}" if k else "")] = curve
-                log.debug(
-                    "probe init %d wd=%g: best val score %.4f at epoch %d", k, wd, score, epoch
-                )
-                if best is None or score > best[0]:
-                    best = (score, wd, epoch, model, metrics)
-            assert best is not None
-            chosen.append(best[1:])
-        if len(chosen) == 1:
-            wd, epoch, model, metrics = chosen[0]
-        else:
-            model = _mean_linear([c[2] for c in chosen])
-            _, metrics = self._scored(y_val, self._probs(model, xv))
-            wd = float(np.median([c[0] for c in chosen]))
-            epoch = int(round(float(np.median([c[1] for c in chosen]))))
+        best: tuple[float, float, int, nn.Linear, dict[str, Any]] | None = None
+        for wd in cfg.weight_decays:
+            model, epoch, score, metrics, curve = self._fit_one(xt, yt, xv, y_val, wd, self.seed)
+            history[f"wd={wd:g}"] = curve
+            log.debug("probe wd=%g: best val score %.4f at epoch %d", wd, score, epoch)
+            if best is None or score > best[0]:
+                best = (score, wd, epoch, model, metrics)
+        assert best is not None
+        _, wd, epoch, model, metrics = best
         self.model = model
         self.selection = self._selection(
-            wd, epoch, metrics, sub, history,
-            weight_decays=[float(c[0]) for c in chosen],
-            best_epochs=[int(c[1]) for c in chosen],
+            wd, epoch, metrics, sub, history, weight_decays=[float(wd)], best_epochs=[int(epoch)]
         )
         return self.selection
 
@@ -424,7 +436,7 @@ class LinearProbe:
                     "choosing the weight decay on the validation split"
                 )
             return []
-        skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(self.config.seed))
+        skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
         return list(skf.split(np.zeros(len(y)), y))
 
     def _select_lbfgs(
@@ -446,9 +458,9 @@ class LinearProbe:
         if splits:
             oof = {float(d): np.zeros((len(y_sub), n_classes)) for d in cfg.weight_decays}
             for fit_idx, held_idx in splits:
-                fi = torch.from_numpy(fit_idx).to(cfg.device)
+                fi = torch.from_numpy(fit_idx).to(self.device)
                 path = _lbfgs_path(xt[fi], yt[fi], n_classes, cfg.weight_decays, cfg.max_iter)
-                hi = torch.from_numpy(held_idx).to(cfg.device)
+                hi = torch.from_numpy(held_idx).to(self.device)
                 for wd, layer in path.items():
                     oof[wd][held_idx] = self._probs(layer, xt[hi])
             cv = {wd: self._scored(y_sub, p) for wd, p in oof.items()}
@@ -499,6 +511,8 @@ class LinearProbe:
             test_metrics=classification_metrics(y, probs, self.classes),
             test_probabilities=probs,
             test_labels=y,
+            label_fraction=self.label_fraction,
+            seed=self.seed,
         )
 
 
@@ -511,9 +525,11 @@ def run_linear_probe(
     y_test: np.ndarray,
     classes: Sequence[str],
     config: ProbeConfig | None = None,
+    label_fraction: float = 1.0,
+    seed: int = 0,
 ) -> ProbeResult:
     """Select on train/val, then evaluate the test split once."""
-    probe = LinearProbe(classes, config)
+    probe = LinearProbe(classes, config, label_fraction, seed)
     probe.select(x_train, y_train, x_val, y_val)
     return probe.evaluate_test(x_test, y_test)
 
@@ -524,6 +540,9 @@ def select_readout(
     readouts: Mapping[str, tuple[np.ndarray, np.ndarray]],
     y_train: np.ndarray,
     y_val: np.ndarray,
+    label_fraction: float = 1.0,
+    seed: int = 0,
+    device: str = "cpu",
 ) -> tuple[str, LinearProbe]:
     """Choose among feature readouts of one encoder (name -> (train, validation) features) on
     validation, like the weight decay: one probe per readout, each selected as usual, and the
@@ -536,7 +555,7 @@ def select_readout(
     best: tuple[float, str, LinearProbe] | None = None
     scores: dict[str, float] = {}
     for name, (x_train, x_val) in readouts.items():
-        probe = LinearProbe(classes, config)
+        probe = LinearProbe(classes, config, label_fraction, seed, device)
         sel = probe.select(x_train, y_train, x_val, y_val)
         # a cross-validated decay is compared on the same records and criterion that chose it
         cv = {"loss": sel.cv_loss, "auc": sel.cv_auc}

@@ -53,13 +53,6 @@ def _split_present(counts: np.ndarray, n: int) -> tuple[list[int], list[int]]:
     return np.flatnonzero(ok).tolist(), np.flatnonzero(~ok).tolist()
 
 
-def present_classes(y_true: np.ndarray, n_classes: int) -> tuple[list[int], list[int]]:
-    """(indices of classes with at least one positive and one negative record, the others)."""
-    y = np.asarray(y_true).ravel()
-    counts = (y[:, None] == np.arange(n_classes)).sum(axis=0)
-    return _split_present(counts, y.size)
-
-
 def _check_finite(p: np.ndarray, present: list[int], classes: Sequence[str]) -> None:
     """Reject NaN or infinite scores of the classes that get an AUC (as ``roc_auc_score`` does)."""
     bad = [c for c in present if not np.isfinite(p[:, c]).all()]

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from etp.config import config_field
 from etp.errors import ConfigError
 from etp.eval.metrics import zero_shot_metrics
 
@@ -169,25 +170,47 @@ def load_prompt_table(path: str | Path | None = None) -> PromptTable:
     return table
 
 
+_f = config_field
+
+
 @dataclass(frozen=True)
 class PromptOptions:
-    """How class prompts are built.
+    """How class prompts are built: one zero-shot prompt variant (an item of the ``zero_shot:``
+    list of ``etp benchmark`` and ``etp evaluate`` configs)."""
 
-    Attributes:
-        templates: templates overriding the table's English ones (``None``: the table's — the
-            paper's ``"this ECG indicates {name}"``). Other languages keep the table's templates.
-        ensemble: use the table's ``ensemble_templates`` (for every selected language) instead.
-        synonyms: use every name of a class, not only the first.
-        languages: languages whose names are used (``("en",)`` is the paper's setting).
-        via_reports: class embeddings from a gallery of (pretraining) reports assigned to the
-            classes by their prompts (:func:`report_prototypes`) instead of the prompts' own.
-    """
+    name: str = _f("", "label of the variant in tables (default: describe(), e.g. 'en, synonyms')")
+    languages: list[str] = _f(
+        ["en"], "languages whose class names the prompt table gives (en, de, sv); en: the paper's"
+    )
+    synonyms: bool = _f(False, "use every name of a class, not only the first")
+    ensemble: bool = _f(False, "average the table's ensemble templates (of every language)")
+    templates: list[str] | None = _f(
+        None, "English templates overriding the table's (each contains {name})"
+    )
+    via_reports: bool = _f(
+        False,
+        "class embeddings from a gallery of (pretraining) reports that the frozen text model "
+        "places nearest to the prompts (report prototypes; no label read) instead of the "
+        "prompts' own",
+    )
 
-    templates: tuple[str, ...] | None = None
-    ensemble: bool = False
-    synonyms: bool = False
-    languages: tuple[str, ...] = ("en",)
-    via_reports: bool = False
+    def __post_init__(self) -> None:
+        """The checks of every prompt setting (a ConfigError naming the key)."""
+        langs = self.languages
+        if isinstance(langs, str) or not langs or not all(
+            isinstance(x, str) and x.strip() for x in langs
+        ):
+            raise ConfigError(
+                f"prompt variant {self.name or '?'}: languages: give at least one language, "
+                f"e.g. [en] or [en, de]; got {langs!r}"
+            )
+        for t in self.templates or ():
+            check_template(t, f"prompt variant {self.name or '?'}: templates")
+
+    @property
+    def label(self) -> str:
+        """The variant's name, or its description when it has none."""
+        return self.name or self.describe()
 
     def describe(self) -> str:
         """Short label for tables, e.g. ``en`` or ``en+de, synonyms, ensemble``."""
@@ -201,6 +224,10 @@ class PromptOptions:
         if self.via_reports:
             parts.append("via reports")
         return ", ".join(parts)
+
+
+#: the benchmark's name of a prompt variant (the same dataclass)
+ZeroShotVariant = PromptOptions
 
 
 def build_prompts(

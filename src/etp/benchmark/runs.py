@@ -1,0 +1,266 @@
+"""The benchmark's runs: fold rotations, the pretraining config of each (method, seed,
+rotation), and its model, reused when its config is unchanged, else built (pretrained, or a
+random initialisation)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from etp.config import ModelConfig, PretrainConfig, from_dict, to_dict
+from etp.errors import ConfigError, DataError
+from etp.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from etp.benchmark.config import BenchmarkConfig
+
+log = logging.getLogger(__name__)
+
+METHODS = ("etp", "simclr", "random")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rotations
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """One run of the protocol: its test fold, validation fold and training folds."""
+
+    test: int
+    val: int
+    train: list[int]
+
+    @property
+    def name(self) -> str:
+        return f"test{self.test}"
+
+
+def rotations(cfg: BenchmarkConfig, folds: Sequence[int]) -> list[Rotation]:
+    """The rotations of the benchmark over the folds present in the cache."""
+    folds = sorted(int(f) for f in folds if int(f) >= 0)
+    if len(folds) < 3:
+        raise DataError(f"fold rotation needs at least 3 folds in the cache, found {folds}")
+    if cfg.rotate_folds:
+        tests = cfg.rotation_folds or folds
+        missing = sorted(set(tests) - set(folds))
+        if missing:
+            raise ConfigError(f"rotation_folds {missing} are not folds of the cache ({folds})")
+        out = []
+        for t in tests:
+            pos = folds.index(t)
+            v = folds[pos - 1]  # the previous fold (cyclic) validates
+            out.append(Rotation(t, v, [f for f in folds if f not in (t, v)]))
+        return out
+    for name, f in (("test_fold", cfg.test_fold), ("val_fold", cfg.val_fold)):
+        if f not in folds:
+            raise ConfigError(f"{name} {f} is not a fold of the cache ({folds})")
+    train = [f for f in folds if f not in (cfg.test_fold, cfg.val_fold)]
+    return [Rotation(cfg.test_fold, cfg.val_fold, train)]
+
+
+def seeds_of(cfg: BenchmarkConfig, method: str) -> list[int]:
+    """The seeds a method runs with."""
+    return list(cfg.method_seeds.get(method) or cfg.seeds)
+
+
+def pretrain_config(
+    cfg: BenchmarkConfig, method: str, seed: int, rotation: Rotation, out: str, cache: str = ""
+) -> PretrainConfig:
+    """The PretrainConfig of one (method, seed, rotation): shared + per-method + fixed keys."""
+    data: dict[str, Any] = json.loads(json.dumps(cfg.pretrain))
+    for section, values in (cfg.method_pretrain.get(method) or {}).items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    data.setdefault("data", {}).update(
+        cache=cache,
+        train_folds=list(rotation.train),
+        val_folds=[rotation.val],
+        exclude_folds=[rotation.test],
+    )
+    data.setdefault("train", {}).update(method=method, seed=seed, out_dir=out)
+    return from_dict(PretrainConfig, data, prefix="pretrain")
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+
+
+def obtain_model(
+    cfg: BenchmarkConfig,
+    method: str,
+    seed: int,
+    rotation: Rotation,
+    prepared: Any,
+    work: Path,
+    build: bool = True,
+) -> Path:
+    """Model directory of (method, seed, rotation): reused when its config matches, else built.
+
+    With ``build=False`` a missing or stale model is an error instead (scripts that only reuse
+    the benchmark's saved models, e.g. ``benchmarks/dev_validation.py``).
+    """
+    run_dir = work / "models" / method / f"seed{seed}" / rotation.name
+    marker = run_dir / "benchmark-run.json"
+
+    def refuse() -> None:
+        if not build:
+            raise DataError(
+                f"{run_dir}: no saved {method} model with these settings (seed {seed}, "
+                f"test fold {rotation.test}); run `etp benchmark` with this config first"
+            )
+    if method == "random":
+        model_cfg = pretrain_config(
+            cfg, "etp", seed, rotation, str(run_dir), cache=str(prepared.path)
+        ).model
+        key = {"method": method, "seed": seed, "model": asdict(model_cfg)}
+        model_dir = run_dir / "model"
+        defaults = {**key, "model": asdict(ModelConfig())}
+        if _reusable(marker, key, model_dir, defaults):
+            return model_dir
+        refuse()
+        _random_model(model_cfg, seed, prepared, model_dir)
+        atomic_write_json(marker, {"key": key, "model": str(model_dir)})
+        return model_dir
+
+    pcfg = pretrain_config(cfg, method, seed, rotation, str(run_dir), cache=str(prepared.path))
+    key = {
+        "pretrain": _model_key(to_dict(pcfg), method),
+        "cache": prepared.fingerprint,
+        "choice": cfg.model_choice,
+    }
+    from etp.train.loop import BEST_MODEL_DIR
+
+    chosen = run_dir / (BEST_MODEL_DIR if cfg.model_choice == "best" else "model")
+    defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), method)}
+    if _reusable(marker, key, chosen, defaults):
+        return chosen
+    refuse()
+    from etp.train.loop import pretrain
+
+    t0 = time.perf_counter()
+    last = pretrain(pcfg, resume=_resumable(pcfg, run_dir))
+    if not chosen.exists():  # no validation records: the best model is the last one
+        chosen = last
+    atomic_write_json(
+        marker, {"key": key, "model": str(chosen), "seconds": time.perf_counter() - t0}
+    )
+    return chosen
+
+
+#: model settings a SimCLR model does not depend on (it has no text side)
+_TEXT_ONLY_FIELDS = (
+    "text_model",
+    "text_pooling",
+    "text_max_length",
+    "text_normalize",
+    "report_translation",
+)
+
+
+#: training settings only the ECG-text loss reads
+_ETP_ONLY_TRAIN_FIELDS = ("soft_targets", "soft_target_temperature", "ssl_weight", "freeze_text_head")
+
+
+def _model_key(pretrain: dict[str, Any], method: str) -> dict[str, Any]:
+    """The pretraining settings that decide a model of ``method`` (reuse key).
+
+    A change of the text side (text model, translation, soft targets, ...) must not retrain
+    SimCLR models.
+    """
+    if method != "simclr":
+        return pretrain
+    model = {k: v for k, v in pretrain["model"].items() if k not in _TEXT_ONLY_FIELDS}
+    train = {k: v for k, v in pretrain["train"].items() if k not in _ETP_ONLY_TRAIN_FIELDS}
+    return {**pretrain, "model": model, "train": train}
+
+
+def _resumable(pcfg: PretrainConfig, run_dir: Path) -> bool:
+    """True when ``run_dir`` holds an interrupted run of this very config (resume it).
+
+    A checkpoint written with other settings (the benchmark config changed since) is stale: it is
+    removed so that the model is trained afresh instead of failing on the config mismatch.
+    """
+    import shutil
+
+    from etp.train.checkpoint import config_differences, load_checkpoint
+    from etp.train.loop import checkpoint_path
+
+    path = checkpoint_path(pcfg.train.out_dir)
+    if not path.is_file():
+        return False
+    try:
+        saved = load_checkpoint(path)["config"]
+    except Exception as exc:  # unreadable: the loop would fail on it too
+        log.warning("%s: unreadable checkpoint (%s); training afresh", path, exc)
+        saved = None
+    if saved is not None and not config_differences(saved, to_dict(pcfg)):
+        return True
+    if saved is not None:
+        log.warning("%s: written with other settings; training afresh", path)
+    shutil.rmtree(path.parent)
+    return False
+
+
+def _reusable(
+    marker: Path, key: Mapping[str, Any], model_dir: Path, defaults: Mapping[str, Any]
+) -> bool:
+    """Whether ``marker`` records a model built with ``key``.
+
+    ``defaults`` is the key of the default settings. A setting added to etp after the model was
+    built is absent from its marker and counts as its default: new settings default to the
+    behaviour that existed before them, so models survive upgrades that only add options.
+    """
+    if not marker.is_file() or not (model_dir / "config.json").is_file():
+        return False
+    try:
+        stored = json.loads(marker.read_text()).get("key")
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(stored, dict):
+        return False
+    from etp.train.checkpoint import RESUME_MUTABLE_KEYS, config_differences
+
+    plain = json.loads(json.dumps(defaults, default=str))
+    wanted = json.loads(json.dumps(key, default=str))
+    # the pretraining settings a resume may change (run directory, cache path, logging, workers,
+    # device) do not change the model either: a moved or copied work_dir keeps its models
+    ignore = frozenset(f"pretrain.{k}" for k in RESUME_MUTABLE_KEYS)
+    return not config_differences(stored, wanted, ignore=ignore, defaults=plain)
+
+
+def _random_model(model_cfg: ModelConfig, seed: int, prepared: Any, out: Path) -> None:
+    """An untrained (random-init) model with a text head, saved like a pretrained one."""
+    import torch
+
+    from etp.models.etp import ETPModel, save_model_dir
+    from etp.text.encoder import TextEncoder
+
+    encoder = TextEncoder(
+        model_cfg.text_model, model_cfg.text_pooling, model_cfg.text_max_length
+    )
+    torch.manual_seed(seed)
+    model = ETPModel(model_cfg, text_dim=encoder.dim, method="random")
+    from etp.data.text import translation_glossary
+
+    text_spec = dict(encoder.spec)
+    glossary = translation_glossary(model_cfg.report_translation)
+    if glossary is not None:
+        text_spec["report_glossary"] = glossary
+    save_model_dir(
+        out,
+        model,
+        model_cfg,
+        preprocessing=prepared.preprocessing,
+        text_spec=text_spec,
+        extra={"seed": seed, "note": "random initialisation, never trained"},
+    )
