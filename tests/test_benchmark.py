@@ -172,16 +172,28 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     # test-fold records never reached pretraining: fold 10 excluded in the saved run config
     run_cfg = (tmp_path / "work" / "models" / "etp" / "seed0" / "test10" / "config.yaml").read_text()
     assert "exclude_folds:\n  - 10" in run_cfg or "exclude_folds: [10]" in run_cfg
-    # a second run reuses models and features (no retraining): it is much faster
-    import time
+    # a second run reuses every model: nothing is pretrained (or initialised) again
+    import etp.train.loop as loop
 
-    t0 = time.perf_counter()
-    run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
-    assert time.perf_counter() - t0 < 60
-    # a changed pretraining setting retrains afresh; the old run's checkpoint (other settings)
-    # is not resumed (that used to fail with a config mismatch)
-    cfg.pretrain["train"]["epochs"] = 3
-    run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
+    calls: list[str] = []
+    real = loop.pretrain
+
+    def counting(pcfg, resume=False):  # type: ignore[no-untyped-def]
+        calls.append(pcfg.train.method)
+        return real(pcfg, resume=resume)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(loop, "pretrain", counting)
+    try:
+        run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
+        assert calls == []
+        # a changed pretraining setting retrains ETP afresh (random init does not depend on
+        # it); the old run's checkpoint (other settings) is not resumed
+        cfg.pretrain["train"]["epochs"] = 3
+        run_benchmark(cfg, command=["etp", "benchmark", "(test)"])
+        assert calls == ["etp"]
+    finally:
+        mp.undo()
     run_dir = tmp_path / "work" / "models" / "etp" / "seed0" / "test10"
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 3
 
@@ -218,40 +230,48 @@ def test_reuse_only_refuses_to_build_a_missing_model(tmp_path: Path, sample_dir:
     assert not (tmp_path / "work" / "models").exists()  # nothing was built
 
 
-def test_reuse_key_of_simclr_ignores_the_text_side() -> None:
+def test_reuse_key_follows_what_the_objective_depends_on() -> None:
+    from etp import objectives
     from etp.benchmark.runs import _model_key
     from etp.config import PretrainConfig, to_dict
 
+    simclr, etp, random_init = (objectives.get(n) for n in ("simclr", "etp", "random"))
     a, b = PretrainConfig(), PretrainConfig()
     b.model.report_translation = "builtin"
     b.model.text_model = "/some/other/model"
-    b.train.soft_targets = 0.5
-    b.train.soft_target_temperature = 0.1
-    b.train.freeze_text_head = True
-    assert _model_key(to_dict(a), "simclr") == _model_key(to_dict(b), "simclr")
-    assert _model_key(to_dict(a), "etp") != _model_key(to_dict(b), "etp")
-    b.train.lr = 1e-4  # anything else still counts
-    assert _model_key(to_dict(a), "simclr") != _model_key(to_dict(b), "simclr")
+    # no text side: the text settings do not decide the model
+    assert _model_key(to_dict(a), simclr) == _model_key(to_dict(b), simclr)
+    assert _model_key(to_dict(a), etp) != _model_key(to_dict(b), etp)
+    assert _model_key(to_dict(a), random_init) != _model_key(to_dict(b), random_init)
+    b.train.lr = 1e-4  # anything else still counts ...
+    assert _model_key(to_dict(a), simclr) != _model_key(to_dict(b), simclr)
+    c = PretrainConfig()
+    c.train.lr, c.train.epochs = 1e-4, 3  # ... but not for a model that is never trained
+    assert _model_key(to_dict(a), random_init) == _model_key(to_dict(c), random_init)
+    c.train.seed = 5
+    assert _model_key(to_dict(a), random_init) != _model_key(to_dict(c), random_init)
 
 
 def test_a_marker_written_before_a_setting_existed_counts_it_as_default(tmp_path: Path) -> None:
+    from etp import objectives
     from etp.benchmark.runs import _model_key, _reusable
     from etp.config import PretrainConfig, to_dict
 
+    etp = objectives.get("etp")
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     marker = tmp_path / "benchmark-run.json"
     cfg = PretrainConfig()
-    key = {"pretrain": _model_key(to_dict(cfg), "etp"), "cache": "abc", "choice": "last"}
-    defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), "etp")}
+    key = {"pretrain": _model_key(to_dict(cfg), etp), "cache": "abc", "choice": "last"}
+    defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), etp)}
     old = json.loads(json.dumps(key))
-    del old["pretrain"]["train"]["soft_targets"]  # as written by an etp without that setting
+    del old["pretrain"]["train"]["crop_min_frac"]  # as written by an etp without that setting
     marker.write_text(json.dumps({"key": old}))
     assert _reusable(marker, key, model_dir, defaults)
     # ... but not when the setting is now used with another value
-    cfg.train.soft_targets = 0.5
-    other = {**key, "pretrain": _model_key(to_dict(cfg), "etp")}
+    cfg.train.crop_min_frac = 0.8
+    other = {**key, "pretrain": _model_key(to_dict(cfg), etp)}
     assert not _reusable(marker, other, model_dir, defaults)
     # a moved work_dir (another run directory) or another log interval keeps the model
     moved = json.loads(json.dumps(key))

@@ -27,7 +27,7 @@ Layout: :mod:`~etp.benchmark.config` (the config and its checks), :mod:`~etp.ben
 from etp.benchmark.config import BenchmarkConfig, TransferTarget, load_benchmark_config, validate
 from etp.benchmark.run import prepare, run_benchmark
 from etp.benchmark.runs import (
-    METHODS,
+    DEFAULT_METHODS,
     Rotation,
     obtain_model,
     pretrain_config,
@@ -36,7 +36,7 @@ from etp.benchmark.runs import (
 )
 
 __all__ = [
-    "METHODS",
+    "DEFAULT_METHODS",
     "BenchmarkConfig",
     "Rotation",
     "TransferTarget",

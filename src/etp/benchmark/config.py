@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from etp.benchmark.runs import METHODS, Rotation, pretrain_config
+from etp.benchmark.runs import DEFAULT_METHODS, Rotation, objective_of, pretrain_config
 from etp.config import config_field, from_dict
 from etp.data.prepare import PrepareConfig
 from etp.errors import ConfigError
@@ -37,7 +37,12 @@ class BenchmarkConfig:
     out_dir: str = _f("runs/benchmark/results", "where results.md/json and plots go")
     work_dir: str = _f("runs/benchmark", "models, features and per-run outputs (reused)")
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    methods: list[str] = _f(list(METHODS), "methods: etp, simclr, random")
+    methods: list[str] = _f(
+        list(DEFAULT_METHODS),
+        "methods to benchmark: registered objectives (etp, simclr, random, byol, simsiam, cpc, "
+        "ts-tcc, clocs), or names of your own whose method_pretrain.NAME.train.method names the "
+        "objective (e.g. etp-paper: ETP with the paper's settings)",
+    )
     seeds: list[int] = _f([0], "seeds (pretraining, probe, bootstrap)")
     method_seeds: dict[str, list[int]] = _f(
         {}, "per-method seeds overriding `seeds` (e.g. fewer for a costly baseline)"
@@ -98,9 +103,16 @@ def load_benchmark_config(path: str | None, overrides: Sequence[str] = ()) -> Be
 
 def validate(cfg: BenchmarkConfig) -> None:
     """Reject settings that cannot run, before any work is done."""
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown or not cfg.methods:
-        raise ConfigError(f"methods: {unknown or 'empty'} (valid: {', '.join(METHODS)})")
+    from etp import objectives
+
+    if not cfg.methods:
+        raise ConfigError("methods: empty (name at least one, e.g. [etp, simclr, random])")
+    for method in cfg.methods:
+        if objective_of(cfg, method) not in objectives.names():
+            raise ConfigError(
+                f"methods: {method!r} is not a registered objective ({', '.join(objectives.names())}) "
+                f"and method_pretrain.{method}.train.method does not name one"
+            )
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is needed")
     if cfg.model_choice not in ("best", "last"):
@@ -123,13 +135,23 @@ def validate(cfg: BenchmarkConfig) -> None:
         )
     for section in ("method_pretrain", "method_seeds"):
         for method in list(getattr(cfg, section)):
-            if method not in METHODS:
-                raise ConfigError(f"{section}.{method}: unknown method (valid: {', '.join(METHODS)})")
+            if method not in cfg.methods and method not in objectives.names():
+                raise ConfigError(
+                    f"{section}.{method}: neither one of the benchmark's methods {cfg.methods} "
+                    f"nor a registered objective ({', '.join(objectives.names())})"
+                )
     for method, seeds in cfg.method_seeds.items():
         if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
             raise ConfigError(f"method_seeds.{method}: expected a non-empty list of integers")
     # the pretraining mappings must be valid PretrainConfigs (typos fail now, not hours later)
+    from etp.train.loop import validate_config
+
     for method in cfg.methods:
-        if method != "random":
-            pretrain_config(cfg, method, seed=cfg.seeds[0], rotation=Rotation(1, 2, [3]), out="x")
+        pcfg = pretrain_config(
+            cfg, method, seed=cfg.seeds[0], rotation=Rotation(1, 2, [3]), out="x", cache="x"
+        )
+        try:
+            validate_config(pcfg)
+        except ConfigError as exc:
+            raise ConfigError(f"method {method!r}: {exc}") from None
 

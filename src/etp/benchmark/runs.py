@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METHODS = ("etp", "simclr", "random")
+#: the methods of a benchmark run by default
+DEFAULT_METHODS = ("etp", "simclr", "random")
+
+
+def objective_of(cfg: BenchmarkConfig, method: str) -> str:
+    """The objective (``train.method``) a benchmark method trains with: its
+    ``method_pretrain.METHOD.train.method`` when given (e.g. ``etp-paper`` trains ``etp`` with
+    other settings), else the method's own name."""
+    train = (cfg.method_pretrain.get(method) or {}).get("train") or {}
+    return str(train.get("method", method))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,7 +95,7 @@ def pretrain_config(
         val_folds=[rotation.val],
         exclude_folds=[rotation.test],
     )
-    data.setdefault("train", {}).update(method=method, seed=seed, out_dir=out)
+    data.setdefault("train", {}).update(method=objective_of(cfg, method), seed=seed, out_dir=out)
     return from_dict(PretrainConfig, data, prefix="pretrain")
 
 
@@ -118,30 +127,19 @@ def obtain_model(
                 f"{run_dir}: no saved {method} model with these settings (seed {seed}, "
                 f"test fold {rotation.test}); run `etp benchmark` with this config first"
             )
-    if method == "random":
-        model_cfg = pretrain_config(
-            cfg, "etp", seed, rotation, str(run_dir), cache=str(prepared.path)
-        ).model
-        key = {"method": method, "seed": seed, "model": asdict(model_cfg)}
-        model_dir = run_dir / "model"
-        defaults = {**key, "model": asdict(ModelConfig())}
-        if _reusable(marker, key, model_dir, defaults):
-            return model_dir
-        refuse()
-        _random_model(model_cfg, seed, prepared, model_dir)
-        atomic_write_json(marker, {"key": key, "model": str(model_dir)})
-        return model_dir
+    from etp import objectives
 
     pcfg = pretrain_config(cfg, method, seed, rotation, str(run_dir), cache=str(prepared.path))
+    objective = objectives.get(pcfg.train.method)
     key = {
-        "pretrain": _model_key(to_dict(pcfg), method),
+        "pretrain": _model_key(to_dict(pcfg), objective),
         "cache": prepared.fingerprint,
         "choice": cfg.model_choice,
     }
     from etp.train.loop import BEST_MODEL_DIR
 
     chosen = run_dir / (BEST_MODEL_DIR if cfg.model_choice == "best" else "model")
-    defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), method)}
+    defaults = {**key, "pretrain": _model_key(to_dict(PretrainConfig()), objective)}
     if _reusable(marker, key, chosen, defaults):
         return chosen
     refuse()
@@ -157,31 +155,24 @@ def obtain_model(
     return chosen
 
 
-#: model settings a SimCLR model does not depend on (it has no text side)
-_TEXT_ONLY_FIELDS = (
-    "text_model",
-    "text_pooling",
-    "text_max_length",
-    "text_normalize",
-    "report_translation",
-)
+#: model settings a model without a text side does not depend on
+_TEXT_ONLY_FIELDS = ("text_model", "text_pooling", "text_max_length", "report_translation")
 
 
-#: training settings only the ECG-text loss reads
-_ETP_ONLY_TRAIN_FIELDS = ("soft_targets", "soft_target_temperature", "ssl_weight", "freeze_text_head")
+def _model_key(pretrain: dict[str, Any], objective: Any) -> dict[str, Any]:
+    """The pretraining settings that decide a model of ``objective`` (its reuse key).
 
-
-def _model_key(pretrain: dict[str, Any], method: str) -> dict[str, Any]:
-    """The pretraining settings that decide a model of ``method`` (reuse key).
-
-    A change of the text side (text model, translation, soft targets, ...) must not retrain
-    SimCLR models.
+    A change of the text side must not retrain models without one (SimCLR, BYOL, ...); a
+    change of the training settings must not rebuild a model that is never trained (random
+    init: its model settings and seed decide it).
     """
-    if method != "simclr":
-        return pretrain
-    model = {k: v for k, v in pretrain["model"].items() if k not in _TEXT_ONLY_FIELDS}
-    train = {k: v for k, v in pretrain["train"].items() if k not in _ETP_ONLY_TRAIN_FIELDS}
-    return {**pretrain, "model": model, "train": train}
+    model = dict(pretrain["model"])
+    if not objective.text_head:
+        model = {k: v for k, v in model.items() if k not in _TEXT_ONLY_FIELDS}
+    if not objective.trains:
+        train = pretrain["train"]
+        return {"model": model, "train": {"method": train["method"], "seed": train["seed"]}}
+    return {**pretrain, "model": model}
 
 
 def _resumable(pcfg: PretrainConfig, run_dir: Path) -> bool:
@@ -236,31 +227,3 @@ def _reusable(
     # device) do not change the model either: a moved or copied work_dir keeps its models
     ignore = frozenset(f"pretrain.{k}" for k in RESUME_MUTABLE_KEYS)
     return not config_differences(stored, wanted, ignore=ignore, defaults=plain)
-
-
-def _random_model(model_cfg: ModelConfig, seed: int, prepared: Any, out: Path) -> None:
-    """An untrained (random-init) model with a text head, saved like a pretrained one."""
-    import torch
-
-    from etp.models.etp import ETPModel, save_model_dir
-    from etp.text.encoder import TextEncoder
-
-    encoder = TextEncoder(
-        model_cfg.text_model, model_cfg.text_pooling, model_cfg.text_max_length
-    )
-    torch.manual_seed(seed)
-    model = ETPModel(model_cfg, text_dim=encoder.dim, method="random")
-    from etp.data.text import translation_glossary
-
-    text_spec = dict(encoder.spec)
-    glossary = translation_glossary(model_cfg.report_translation)
-    if glossary is not None:
-        text_spec["report_glossary"] = glossary
-    save_model_dir(
-        out,
-        model,
-        model_cfg,
-        preprocessing=prepared.preprocessing,
-        text_spec=text_spec,
-        extra={"seed": seed, "note": "random initialisation, never trained"},
-    )
