@@ -32,7 +32,7 @@ def test_shipped_configs_are_valid() -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("methods=[etp,byol]", "methods"),
+        ("methods=[etp,nope]", "methods: .nope. is not a registered objective"),
         ("seeds=[]", "seeds"),
         ("model_choice=first", "model_choice"),
         ("probe.label_fractions=[0.0]", "label_fractions"),
