@@ -144,7 +144,7 @@ def validate(cfg: BenchmarkConfig) -> None:
         if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
             raise ConfigError(f"method_seeds.{method}: expected a non-empty list of integers")
     # the pretraining mappings must be valid PretrainConfigs (typos fail now, not hours later)
-    from etp.train.loop import validate_config
+    from etp.train.settings import validate_config
 
     for method in cfg.methods:
         pcfg = pretrain_config(

@@ -8,11 +8,11 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etp.config import ModelConfig, PretrainConfig, from_dict, to_dict
+from etp.config import PretrainConfig, from_dict, to_dict
 from etp.errors import ConfigError, DataError
 from etp.io import atomic_write_json
 
