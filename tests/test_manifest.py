@@ -120,5 +120,5 @@ def test_missing_and_mismatched_files(manifest_dir):
     assert "1 of 2 listed records have no signal files" in reader.missing_message([gone], 2)
     with pytest.raises(DataError, match=r"record ecgs/gone .*not found"):
         reader.read_signal(gone)
-    with pytest.raises(DataError, match=r"record ecgs/00016_lr .*500.0 Hz was expected .* 100.0"):
+    with pytest.raises(DataError, match=r"record ecgs/00016_lr .*500 Hz was given .* says 100 Hz"):
         reader.read_signal(ptb)

@@ -24,11 +24,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import wfdb
-
 from etp.data.readers import BaseReader, order_labels, read_csv_checked
 from etp.data.records import RecordInfo
-from etp.data.signal_io import CPSC_FS, signal_files
+from etp.data.signal_io import CPSC_FS, read_wfdb_header, signal_files
 from etp.data.text import detect_language
 from etp.errors import DataError
 
@@ -173,7 +171,4 @@ def _fs_from_file(path: Path, where: str) -> float:
         if path.with_name(path.name + ".mat").is_file():
             return CPSC_FS
         return math.nan
-    try:
-        return float(wfdb.rdheader(str(path)).fs)
-    except Exception as exc:
-        raise DataError(f"{where}: unreadable WFDB header {hea}: {exc}") from exc
+    return float(read_wfdb_header(path, where).fs)

@@ -467,19 +467,28 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
+def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Run a pretraining and return the saved model directory ``<out_dir>/model``.
 
     ``resume=True`` continues from ``<out_dir>/checkpoints/last.pt`` exactly where it stopped
-    (same config required); without it, an out_dir that already holds a checkpoint is refused.
+    (same config required); without it, an out_dir that already holds a checkpoint is refused,
+    and so is one holding a finished run unless ``overwrite`` (:mod:`etp.train.rundir`, which
+    also locks out_dir for the run).
     Raises ConfigError / DataError / ModelError for bad input, TrainingError when the loss
     becomes non-finite (the last good checkpoint is kept).
     """
     from etp.train.distributed import cleanup, init_distributed
 
+    from etp.train.distributed import barrier
+    from etp.train.rundir import claim_run_dir
+
     dist_info = init_distributed(cfg.train.device)
     try:
-        result = _Run(cfg, dist_info).run(resume)
+        out, main = cfg.train.out_dir, dist_info.rank == 0
+        with claim_run_dir(out, checkpoint=checkpoint_path(out), resume=resume,
+                           overwrite=overwrite, main=main):
+            barrier()  # rank 0 has checked (and with overwrite cleared) out_dir
+            result = _Run(cfg, dist_info).run(resume)
     except BaseException:
         if dist_info.is_distributed:
             cleanup()  # no barrier: the other processes may never get here
@@ -955,11 +964,20 @@ class _Run:
                     tdist.all_reduce(flag)
                     finite = float(flag) == 0.0
                 if not finite:
+                    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+                    if bad.any():  # the input, not the optimisation, is at fault
+                        ids = self.prepared.meta["record_id"].to_numpy()[idx[bad].numpy()]
+                        raise DataError(
+                            f"the cache {self.cfg.data.cache} holds NaN/inf samples (records "
+                            f"{ids[:5].tolist()}); rebuild it with `etp prepare --force`"
+                        )
+                    last = checkpoint_path(self.out)
+                    kept = (f"the last good checkpoint is kept at {last}" if last.exists()
+                            else "no checkpoint was written yet")
                     raise TrainingError(
                         f"the loss became non-finite ({value}) at epoch {epoch + 1}, step "
                         f"{pos.step + 1} (batch {pos.batch + 1} of {self.steps_per_epoch}); "
-                        f"training stopped, the last good checkpoint is kept at "
-                        f"{checkpoint_path(self.out)} — lower train.lr or use "
+                        f"training stopped, {kept} — lower train.lr or use "
                         "train.precision=fp32"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
