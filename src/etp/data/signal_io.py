@@ -386,6 +386,48 @@ def _as_leads_first(arr: np.ndarray, where: str, name: str) -> np.ndarray:
     return arr
 
 
+#: a lead whose robust amplitude (99.5th percentile of |x - median|) is below this many mV is
+#: flat: no ECG lead is (a disconnected electrode, or a signal in V read as mV)
+FLAT_MV = 0.01
+#: a lead whose robust amplitude exceeds this many mV is absurd: real ECGs stay below ~15 mV
+#: (a signal in uV read as mV, or a wrong gain)
+ABSURD_MV = 50.0
+
+
+def check_amplitude(sig: np.ndarray, where: str) -> list[str]:
+    """Check that a (12, N) mV signal can be diagnostic; returns warnings, raises errors.
+
+    Per lead, the robust amplitude is the 99.5th percentile of ``|x - median(x)|`` (so an
+    offset or a few spikes do not count). A :class:`DataError` names ``where`` when any lead
+    exceeds :data:`ABSURD_MV` or when every lead is below :data:`FLAT_MV` (the model would see
+    noise or zeros and answer anyway); some flat leads (a disconnected electrode) are a
+    warning, returned as one sentence for the caller to report. ``etp prepare`` and the
+    inference file reader both call this.
+    """
+    x = np.asarray(sig, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        return []
+    amp = np.percentile(np.abs(x - np.median(x, axis=1, keepdims=True)), 99.5, axis=1)
+    names = list(LEADS) if x.shape[0] == len(LEADS) else [str(i) for i in range(x.shape[0])]
+    absurd = [f"{names[i]} ({amp[i]:.3g} mV)" for i in np.flatnonzero(~(amp <= ABSURD_MV))]
+    if absurd:
+        raise DataError(
+            f"{where}: absurd amplitude in lead(s) {', '.join(absurd)}, above the "
+            f"{ABSURD_MV:g} mV no ECG reaches: wrong units or ADC gain (e.g. uV read as mV)? "
+            "Fix the file's scaling"
+        )
+    flat = [names[i] for i in np.flatnonzero(amp < FLAT_MV)]
+    if len(flat) == len(names):
+        raise DataError(
+            f"{where}: every lead is flat (amplitude below {FLAT_MV:g} mV): not a diagnostic "
+            "ECG (an empty recording, or wrong units or ADC gain, e.g. V read as mV)"
+        )
+    if flat:
+        return [f"{where}: flat lead(s) {flat} (amplitude below {FLAT_MV:g} mV; a "
+                "disconnected electrode?)"]
+    return []
+
+
 def _check_finite(sig: np.ndarray, where: str, invalid_hint: str = "") -> None:
     bad = ~np.isfinite(sig)
     if bad.any():

@@ -251,7 +251,7 @@ def read_ecg_file(
     model's input is an error naming the file unless ``pad`` (zero-padding, as in training).
     """
     from etp.data.signal import preprocess
-    from etp.data.signal_io import read_signal_file
+    from etp.data.signal_io import check_amplitude, read_signal_file
     from etp.errors import DataError
 
     p = Path(path)
@@ -284,6 +284,8 @@ def read_ecg_file(
         )
     else:
         sig, rate = read_signal_file(p, fs=fs)
+    for warning in check_amplitude(sig, str(p)):  # absurd or all-flat signals raise
+        log.warning("%s", warning)
     duration = sig.shape[1] / rate
     # one sample of slack: 10 s at 500 Hz -> 100 Hz may differ by rounding
     if not pad and duration < pcfg.length_s - 1.0 / min(rate, pcfg.fs) - 1e-9:
