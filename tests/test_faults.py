@@ -218,3 +218,45 @@ def test_nan_samples_in_a_cache_are_named_as_such(work, tmp_path: Path, capsys) 
     err = capsys.readouterr().err
     assert f"the cache {cache} holds NaN/inf samples" in err and "etp prepare --force" in err
     assert "checkpoint is kept" not in err and "lower train.lr" not in err
+
+
+_TMPFS = """
+set -e
+mount -t tmpfs -o size={size} tmpfs {mnt}
+cp -r {cache} {mnt}/cache
+(cd {mnt}/cache && sha256sum * > {mnt}/before.txt)
+set +e
+{python} -m etp.cli prepare --dataset manifest --root {manifest} --out {mnt}/cache --force \
+    --no-progress 2> {mnt}/err.txt
+echo "RC $?"
+set -e
+(cd {mnt}/cache && sha256sum * | diff - {mnt}/before.txt && echo SAME)
+echo "LEFT $(ls -A {mnt} | grep -c '\\.tmp$' || true)"
+echo "ERR $(cat {mnt}/err.txt)"
+"""
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c",
+                            f"mount -t tmpfs -o size=64k tmpfs {where}"],
+                           capture_output=True, timeout=30)  # fmt: skip
+    return probe.returncode == 0
+
+
+def test_prepare_on_a_full_tmpfs(work, tmp_path: Path) -> None:
+    """A real full file system (a small tmpfs in the test's own mount namespace): skipped where
+    user namespaces are not allowed (the RLIMIT_FSIZE test above covers the same path)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if not shutil.which("unshare") or not _can_mount_tmpfs(mnt):
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here")
+    script = _TMPFS.format(size="1m", mnt=mnt, cache=work["cache"], manifest=work["manifest"],
+                           python=sys.executable)  # fmt: skip
+    res = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = res.stdout
+    assert "RC 2" in out and "SAME" in out and "LEFT 0" in out, out + res.stderr
+    err = out.split("ERR ", 1)[1].strip()
+    assert err.startswith(f"etp prepare: error: cannot write {mnt}/cache/signals.npy: no space "
+                          "left on device"), err  # fmt: skip
+    assert len(err.splitlines()) == 1

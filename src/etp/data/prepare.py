@@ -653,7 +653,7 @@ def prepare_dataset(
     keep: list[int] = []
     flagged: list[dict[str, str]] = []
     row_bytes = N_LEADS * length * np.dtype(np.float32).itemsize
-    ensure_space(out.parent, n * row_bytes)  # before anything is written
+    ensure_space(out / SIGNALS_FILE, n * row_bytes)  # before anything is written
     with atomic_dir(out) as tmp, _claim_temp(tmp):
         partial = tmp / "signals.partial.npy"
         sig = np.lib.format.open_memmap(
