@@ -34,7 +34,7 @@ def record(tmp_path: Path) -> Path:
     return tmp_path / "00016_lr"
 
 
-def _first_signal_line(edit):  # type: ignore[no-untyped-def]
+def _first_signal_line(edit):
     def apply(text: str) -> str:
         lines = text.splitlines()
         lines[1] = edit(lines[1])
@@ -43,7 +43,7 @@ def _first_signal_line(edit):  # type: ignore[no-untyped-def]
     return apply
 
 
-def _record_line(edit):  # type: ignore[no-untyped-def]
+def _record_line(edit):
     def apply(text: str) -> str:
         lines = text.splitlines()
         lines[0] = edit(lines[0].split())
@@ -91,7 +91,9 @@ def test_nonsense_header_fields_are_errors_naming_file_and_field(record: Path, f
         read_signal_file(record)
 
 
-def test_bad_header_in_a_rebuild_keeps_the_cache(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_header_in_a_rebuild_keeps_the_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     manifest = make_manifest(tmp_path, n=6)
     out = tmp_path / "cache"
     assert prepare(manifest, out) == 0
@@ -128,7 +130,9 @@ def _npy_manifest(folder: Path, scale: np.ndarray | float) -> Path:
     [(1e20, "absurd amplitude in lead\\(s\\) I"), (1e3, "absurd amplitude"),
      (0.0, "every lead is flat"), (1e-6, "every lead is flat")],
 )  # fmt: skip
-def test_absurd_or_flat_signals_are_errors(tmp_path: Path, capsys, scale, expected) -> None:  # type: ignore[no-untyped-def]
+def test_absurd_or_flat_signals_are_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], scale: float, expected: str
+) -> None:
     manifest = _npy_manifest(tmp_path / "m", scale)
     assert prepare(manifest, tmp_path / "cache") == 2
     err = capsys.readouterr().err.strip()
@@ -142,7 +146,9 @@ def test_absurd_or_flat_signals_are_errors(tmp_path: Path, capsys, scale, expect
         read_ecg_file(tmp_path / "m" / "r0.npy", PreprocessConfig(), fs=100)
 
 
-def test_a_flat_lead_is_a_warning_that_reaches_the_json_summary(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_flat_lead_is_a_warning_that_reaches_the_json_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scale = np.ones(12)
     scale[6] = 0.0  # V1 disconnected
     manifest = _npy_manifest(tmp_path / "m", scale)
@@ -229,7 +235,9 @@ def test_manifest_split_options_reach_the_reader_from_the_cli(tmp_path: Path) ->
     [(("--fs", "100000"), "--fs): 100000 Hz is outside ECG practice"),
      (("--length", "100000"), "--length): 100000 s is longer than")],
 )  # fmt: skip
-def test_unbounded_sizes_are_refused(tmp_path: Path, capsys, option, expected) -> None:  # type: ignore[no-untyped-def]
+def test_unbounded_sizes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: tuple[str, str], expected: str
+) -> None:
     manifest = make_manifest(tmp_path, n=4)
     assert prepare(manifest, tmp_path / "c", *option) == 2
     assert expected in capsys.readouterr().err
@@ -245,7 +253,7 @@ def test_directory_given_as_ecg_file(tmp_path: Path) -> None:
         read_signal_file(tmp_path / "rec")
 
 
-def test_non_utf8_csv_names_the_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_non_utf8_csv_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = make_manifest(tmp_path, n=4)
     lines = manifest.read_bytes().splitlines()
     lines[3] = lines[3].replace(b",", b" \xfcber,", 1)
@@ -254,7 +262,9 @@ def test_non_utf8_csv_names_the_line(tmp_path: Path, capsys) -> None:  # type: i
     assert "line 4 (data row 3) is not UTF-8 (byte 0xfc" in capsys.readouterr().err
 
 
-def test_override_error_blames_the_override_not_the_yaml(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_override_error_blames_the_override_not_the_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from etp.cli import main
 
     cfg = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"

@@ -58,7 +58,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ---- finished work is not overwritten --------------------------------------------------------
 
 
-def test_finished_run_is_kept_unless_overwrite(work, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_finished_run_is_kept_unless_overwrite(
+    work: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(work["run"], run)
     shutil.rmtree(run / "checkpoints")  # a finished model but no checkpoint
@@ -72,7 +74,9 @@ def test_finished_run_is_kept_unless_overwrite(work, tmp_path: Path, capsys) -> 
     assert pretrain(work["cache"], run, "--overwrite") == 0
 
 
-def test_second_run_into_a_busy_directory_is_refused(work, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_second_run_into_a_busy_directory_is_refused(
+    work: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     with claim_run_dir(run, checkpoint=run / "checkpoints" / "last.pt"):  # the first run
         before = snapshot(run)
@@ -85,7 +89,9 @@ def test_second_run_into_a_busy_directory_is_refused(work, tmp_path: Path, capsy
 # ---- unwritable outputs ------------------------------------------------------------------------
 
 
-def test_unwritable_outputs_are_one_line_for_every_command(work, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_unwritable_outputs_are_one_line_for_every_command(
+    work: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     model = work["run"] / "model"
     ecg = str(work["root"] / "data" / "ecgs" / "00016_lr")
     commands = {
@@ -106,7 +112,9 @@ def test_unwritable_outputs_are_one_line_for_every_command(work, capsys) -> None
         assert "Traceback" not in err
 
 
-def test_missing_parent_of_an_embed_output_is_created_or_named(work, tmp_path: Path) -> None:
+def test_missing_parent_of_an_embed_output_is_created_or_named(
+    work: dict[str, Path], tmp_path: Path
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     rc = main(["embed", "--model", str(work["run"] / "model"), "--out", str(blocker / "e.npy"),
@@ -117,7 +125,7 @@ def test_missing_parent_of_an_embed_output_is_created_or_named(work, tmp_path: P
 # ---- full file systems ---------------------------------------------------------------------
 
 
-def test_prepare_on_a_full_file_system(work, tmp_path: Path) -> None:
+def test_prepare_on_a_full_file_system(work: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cache"
     shutil.copytree(work["cache"], out)
     before = snapshot(out)
@@ -131,7 +139,7 @@ def test_prepare_on_a_full_file_system(work, tmp_path: Path) -> None:
     assert snapshot(out) == before and not _temps(tmp_path)
 
 
-def test_pretrain_on_a_full_file_system(work, tmp_path: Path) -> None:
+def test_pretrain_on_a_full_file_system(work: dict[str, Path], tmp_path: Path) -> None:
     before = snapshot(work["cache"])
     run = tmp_path / "run"
     res = _limited(1_000_000, "pretrain", f"data.cache={work['cache']}", f"train.out_dir={run}",
@@ -180,11 +188,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_workers_end_with_a_killed_prepare(work, tmp_path: Path) -> None:
+def test_workers_end_with_a_killed_prepare(work: dict[str, Path], tmp_path: Path) -> None:
     assert prepare(work["manifest"], tmp_path / "cache") == 0
     before = snapshot(tmp_path / "cache")
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WORKERS, str(work["manifest"]),
-                             str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    argv = [sys.executable, "-c", _SLOW_WORKERS, str(work["manifest"]), str(tmp_path / "cache")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "STARTED"
         workers = _children(proc.pid)
@@ -204,7 +212,9 @@ def test_workers_end_with_a_killed_prepare(work, tmp_path: Path) -> None:
     assert snapshot(tmp_path / "cache") == before
 
 
-def test_nan_samples_in_a_cache_are_named_as_such(work, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_nan_samples_in_a_cache_are_named_as_such(
+    work: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import numpy as np
 
     cache = tmp_path / "cache"
@@ -243,7 +253,7 @@ def _can_mount_tmpfs(where: Path) -> bool:
     return probe.returncode == 0
 
 
-def test_prepare_on_a_full_tmpfs(work, tmp_path: Path) -> None:
+def test_prepare_on_a_full_tmpfs(work: dict[str, Path], tmp_path: Path) -> None:
     """A real full file system (a small tmpfs in the test's own mount namespace): skipped where
     user namespaces are not allowed (the RLIMIT_FSIZE test above covers the same path)."""
     mnt = tmp_path / "small"

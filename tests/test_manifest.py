@@ -122,3 +122,14 @@ def test_missing_and_mismatched_files(manifest_dir):
         reader.read_signal(gone)
     with pytest.raises(DataError, match=r"record ecgs/00016_lr .*500 Hz was given .* says 100 Hz"):
         reader.read_signal(ptb)
+
+
+def test_shipped_example_manifest_gets_a_patient_split() -> None:
+    from conftest import SAMPLE_DIR
+
+    reader = ManifestReader(SAMPLE_DIR / "manifest-example.csv")
+    recs = reader.records()
+    assert len(recs) == 24 and reader.auto_split and reader.missing() == []
+    assert {r.split for r in recs} == {"train", "val", "test"}
+    assert len({r.split for r in recs if r.patient_id == "8727"}) == 1
+    assert set(reader.classes) == {"NORM", "MI", "STTC", "CD", "HYP"}

@@ -20,22 +20,15 @@ cache, and so do the models trained on it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import shutil
-import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +39,13 @@ import pandas as pd
 
 from etp import __version__
 from etp.config import config_field
+from etp.data.build_dir import (
+    OWNER_FILE,
+    claim_temp,
+    die_with_parent,
+    remove_stale_temps,
+    reserve,
+)
 from etp.data.cache import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -78,7 +78,6 @@ READER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "split_csv_dir": ("split_csv_dir", ("cpsc2018",)),
     "reference_csv": ("reference_csv", ("cpsc2018",)),
 }
-_OWNER_FILE = ".etp-prepare-owner"
 _SIGNAL_SUFFIXES = (".hea", ".dat", ".mat", ".npy")
 
 
@@ -397,7 +396,7 @@ def _iter_processed(
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx,
-            initializer=_die_with_parent, initargs=(os.getpid(),),
+            initializer=die_with_parent, initargs=(os.getpid(),),
         ) as pool:
             for result in pool.map(_work_chunk, chunks):
                 yield from result
@@ -408,72 +407,6 @@ def _iter_processed(
 # ------------------------------------------------------------------------------------------
 # the cache directory
 # ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _claim_temp(tmp: Path) -> Iterator[None]:
-    """Mark ``tmp`` as the live build of this process: an exclusive flock on its owner file,
-    held until the build ends; the OS drops it when the process dies, however it dies."""
-    fd = os.open(tmp / _OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Delete temporary dirs of earlier prepare runs on ``out`` whose process is dead (their
-    owner file is no longer locked)."""
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        try:
-            fd = os.open(tmp / _OWNER_FILE, os.O_RDWR)
-        except OSError:
-            continue  # not ours, or still being set up
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # a live prepare is building it
-        finally:
-            os.close(fd)
-        log.info("removing leftover of an interrupted prepare: %s", tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: end this worker when the prepare process dies (SIGKILL included),
-    instead of blocking forever on a queue nobody feeds."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:  # other systems (and a belt to the braces): poll the parent
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _reserve(path: Path, nbytes: int) -> None:
-    """Allocate ``nbytes`` of ``path`` on disk now, so a memory-mapped write into it can never
-    hit a full disk (which kills the process with SIGBUS); a full disk is an OSError here."""
-    ensure_space(path, nbytes)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.posix_fallocate(fd, 0, nbytes)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this fs
-            raise
-    finally:
-        os.close(fd)
 
 
 def _check_out(out: Path) -> dict[str, Any] | None:
@@ -621,7 +554,7 @@ def prepare_dataset(
         raise DataError(f"record id {dup!r} is listed more than once in {root}")
 
     existing = _check_out(out)
-    _remove_stale_temps(out)  # also when the cache is reused below
+    remove_stale_temps(out)  # also when the cache is reused below
     known = read_digests(out) if existing is not None else {}
     digests: FileDigests = {}
     fingerprint = compute_fingerprint(cfg, options, selected, len(listing), known, digests)
@@ -654,12 +587,12 @@ def prepare_dataset(
     flagged: list[dict[str, str]] = []
     row_bytes = N_LEADS * length * np.dtype(np.float32).itemsize
     ensure_space(out / SIGNALS_FILE, n * row_bytes)  # before anything is written
-    with atomic_dir(out) as tmp, _claim_temp(tmp):
+    with atomic_dir(out) as tmp, claim_temp(tmp):
         partial = tmp / "signals.partial.npy"
         sig = np.lib.format.open_memmap(
             partial, mode="w+", dtype=np.float32, shape=(n, N_LEADS, length)
         )
-        _reserve(partial, sig.offset + n * row_bytes)
+        reserve(partial, sig.offset + n * row_bytes)
         items = _iter_processed(reader, selected, pcfg, cfg.workers)
         if progress:
             from tqdm import tqdm
@@ -688,7 +621,7 @@ def prepare_dataset(
             dst = np.lib.format.open_memmap(
                 tmp / SIGNALS_FILE, mode="w+", dtype=np.float32, shape=(len(keep), N_LEADS, length)
             )
-            _reserve(tmp / SIGNALS_FILE, dst.offset + len(keep) * row_bytes)
+            reserve(tmp / SIGNALS_FILE, dst.offset + len(keep) * row_bytes)
             step = 1024
             for s in range(0, len(keep), step):
                 e = min(s + step, len(keep))
@@ -726,7 +659,7 @@ def prepare_dataset(
             "counts": summary.to_dict(),
         }
         atomic_write_json(tmp / DIGESTS_FILE, digests)
-        (tmp / _OWNER_FILE).unlink()
+        (tmp / OWNER_FILE).unlink()
         atomic_write_json(tmp / INFO_FILE, info)  # written last: marks the directory complete
     log.info("prepared %s: %d records in %.1f s", out, len(keep), summary.seconds)
     return summary

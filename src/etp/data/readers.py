@@ -155,8 +155,8 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
         except UnicodeDecodeError as bad:
             snippet = line[max(0, bad.start - 20) : bad.end + 20].decode("utf-8", "replace")
             return (
-                f"line {n} (data row {n - 1}) is not UTF-8 (byte {line[bad.start]:#04x} in ...{snippet}...); save "
-                "the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+                f"line {n} (data row {n - 1}) is not UTF-8 (byte {line[bad.start]:#04x} in "
+                f"...{snippet}...); save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
             )
     return f"not UTF-8 ({exc}); save the file as UTF-8"
 
