@@ -477,9 +477,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
     Raises ConfigError / DataError / ModelError for bad input, TrainingError when the loss
     becomes non-finite (the last good checkpoint is kept).
     """
-    from etp.train.distributed import cleanup, init_distributed
-
-    from etp.train.distributed import barrier
+    from etp.train.distributed import barrier, cleanup, init_distributed
     from etp.train.rundir import claim_run_dir
 
     dist_info = init_distributed(cfg.train.device)
