@@ -279,3 +279,12 @@ def test_pipe_in_a_label_keeps_the_markdown_table(tmp_path: Path) -> None:
 
     table = markdown_table(["class", "AUC"], [["AF|flutter", "0.9"]])
     assert table.splitlines()[2] == "| AF\\|flutter | 0.9 |"
+
+
+def test_manifest_fs_outside_ecg_practice(tmp_path: Path) -> None:
+    manifest = make_manifest(tmp_path, n=2)
+    text = manifest.read_text().replace("path,report,labels,split", "path,report,labels,split,fs")
+    manifest.write_text("\n".join(ln + (",1e9" if i else "") for i, ln in
+                                  enumerate(text.strip().splitlines())) + "\n")  # fmt: skip
+    with pytest.raises(DataError, match=r"row 2: `fs` must be a sampling rate between 1 and"):
+        ManifestReader(manifest).records()

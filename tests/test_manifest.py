@@ -99,7 +99,7 @@ def test_bad_rows(manifest_dir):
     base = "path,report,fs,split\n"
     with pytest.raises(DataError, match=r"row 2: empty `path`"):
         ManifestReader(_write(manifest_dir, base + ",x,,\n")).records()
-    with pytest.raises(DataError, match=r"row 2: `fs` must be a positive sampling rate"):
+    with pytest.raises(DataError, match=r"row 2: `fs` must be a sampling rate between 1 and"):
         ManifestReader(_write(manifest_dir, base + "ecgs/00016_lr,x,-5,\n")).records()
     with pytest.raises(DataError, match=r"row 2: `split` is 'holdout'"):
         ManifestReader(_write(manifest_dir, base + "ecgs/00016_lr,x,,holdout\n")).records()

@@ -37,7 +37,7 @@ from pathlib import Path
 from etp.data.cpsc2018 import stratified_split
 from etp.data.readers import BaseReader, order_labels, read_csv_checked
 from etp.data.records import RecordInfo
-from etp.data.signal_io import CPSC_FS, read_wfdb_header, signal_files
+from etp.data.signal_io import CPSC_FS, FS_RANGE, read_wfdb_header, signal_files
 from etp.data.text import detect_language
 from etp.errors import DataError
 
@@ -206,8 +206,11 @@ def _positive(value: object, where: str) -> float:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         x = math.nan
-    if not (x > 0 and math.isfinite(x)):
-        raise DataError(f"{where} must be a positive sampling rate in Hz, got {value!r}")
+    lo, hi = FS_RANGE
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise DataError(
+            f"{where} must be a sampling rate between {lo:g} and {hi:g} Hz, got {value!r}"
+        )
     return x
 
 
