@@ -874,7 +874,7 @@ class _Run:
         if last.exists() and not resume:
             raise ConfigError(
                 f"{self.out} already holds a checkpoint ({last}); pass --resume to continue it, "
-                "or choose another train.out_dir"
+                "--overwrite to start again, or choose another train.out_dir"
             )
         if resume and not last.exists():
             log.warning("no checkpoint in %s: starting from scratch", self.out)

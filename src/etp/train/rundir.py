@@ -8,8 +8,8 @@ guards it for the whole run:
   first. The operating system releases the lock when the process ends, however it ends, so a
   killed run never leaves the directory locked.
 * **finished results are not replaced**: a directory that holds a finished model
-  (``model/``) or a run summary (``summary.json``) is refused unless the run continues its
-  checkpoint (``resume`` with ``checkpoints/last.pt`` present) or ``overwrite`` is given.
+  (``model/``) or a run summary (``summary.json``) but no checkpoint is refused unless
+  ``overwrite`` is given (with a checkpoint, the loop asks for ``--resume`` or ``--overwrite``).
   With ``overwrite`` the earlier run's checkpoints and ``model-best/`` are removed first
   (they would mix with the new run's); ``model/`` stays until the new run replaces it.
 * **the directory must be writable**: it is created and the lock file written before any data
@@ -123,10 +123,8 @@ def _lock(fd: int, out: Path) -> None:
 
 def _check_finished(out: Path, checkpoint: Path, resume: bool, overwrite: bool) -> None:
     done = finished_results(out)
-    if not done or overwrite:
-        return
-    if resume and checkpoint.exists():
-        return
+    if not done or overwrite or checkpoint.exists():
+        return  # a checkpoint: continued with resume, else refused by the loop (--resume?)
     why = (
         f"--resume was given but there is no checkpoint ({checkpoint}) to continue"
         if resume
