@@ -270,7 +270,7 @@ def test_override_error_blames_the_override_not_the_yaml(
     cfg = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
     assert main(["pretrain", "--config", str(cfg), "train.epochs=many", "--print-config"]) == 2
     err = capsys.readouterr().err
-    assert "command-line override train.epochs=many: expected an integer" in err
+    assert "command-line override train.epochs=many: train.epochs: expected an integer" in err
     assert "quickstart.yaml" not in err
 
 

@@ -306,8 +306,6 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         msg = str(exc)
         for text in reversed(overrides or []):
             key = text.split("=", 1)[0].strip()
-            if msg.startswith(f"{key}:"):
-                raise ConfigError(f"command-line override {text}:{msg[len(key) + 1:]}") from None
             if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
                 raise ConfigError(f"command-line override {text}: {msg}") from None
         raise ConfigError(f"{path or 'overrides'}: {msg}") from None
