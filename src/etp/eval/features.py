@@ -284,8 +284,6 @@ def read_ecg_file(
         )
     else:
         sig, rate = read_signal_file(p, fs=fs)
-    for warning in check_amplitude(sig, str(p)):  # absurd or all-flat signals raise
-        log.warning("%s", warning)
     duration = sig.shape[1] / rate
     # one sample of slack: 10 s at 500 Hz -> 100 Hz may differ by rounding
     if not pad and duration < pcfg.length_s - 1.0 / min(rate, pcfg.fs) - 1e-9:
@@ -293,6 +291,8 @@ def read_ecg_file(
             f"{p}: the record is {duration:.2f} s long, shorter than the model's "
             f"{pcfg.length_s:g}-s input; pass --pad to zero-pad it (as training pads short records)"
         )
+    for warning in check_amplitude(sig, str(p)):  # absurd or all-flat signals raise
+        log.warning("%s", warning)
     return preprocess(sig, rate, pcfg, record_id=str(p))
 
 
