@@ -99,7 +99,7 @@ def test_bad_rows(manifest_dir):
     base = "path,report,fs,split\n"
     with pytest.raises(DataError, match=r"row 2: empty `path`"):
         ManifestReader(_write(manifest_dir, base + ",x,,\n")).records()
-    with pytest.raises(DataError, match=r"row 2: `fs` must be a positive sampling rate"):
+    with pytest.raises(DataError, match=r"row 2: `fs` must be a sampling rate between 1 and"):
         ManifestReader(_write(manifest_dir, base + "ecgs/00016_lr,x,-5,\n")).records()
     with pytest.raises(DataError, match=r"row 2: `split` is 'holdout'"):
         ManifestReader(_write(manifest_dir, base + "ecgs/00016_lr,x,,holdout\n")).records()
@@ -120,5 +120,16 @@ def test_missing_and_mismatched_files(manifest_dir):
     assert "1 of 2 listed records have no signal files" in reader.missing_message([gone], 2)
     with pytest.raises(DataError, match=r"record ecgs/gone .*not found"):
         reader.read_signal(gone)
-    with pytest.raises(DataError, match=r"record ecgs/00016_lr .*500.0 Hz was expected .* 100.0"):
+    with pytest.raises(DataError, match=r"record ecgs/00016_lr .*500 Hz was given .* says 100 Hz"):
         reader.read_signal(ptb)
+
+
+def test_shipped_example_manifest_gets_a_patient_split() -> None:
+    from conftest import SAMPLE_DIR
+
+    reader = ManifestReader(SAMPLE_DIR / "manifest-example.csv")
+    recs = reader.records()
+    assert len(recs) == 24 and reader.auto_split and reader.missing() == []
+    assert {r.split for r in recs} == {"train", "val", "test"}
+    assert len({r.split for r in recs if r.patient_id == "8727"}) == 1
+    assert set(reader.classes) == {"NORM", "MI", "STTC", "CD", "HYP"}

@@ -470,7 +470,7 @@ def test_config_errors(tmp_path: Path) -> None:
         prepare_dataset(PrepareConfig(dataset="cpsc2018", root=str(root), out="x", fs_source=500))
     with pytest.raises(ConfigError, match="fs_source: PTB-XL has 100 Hz and 500 Hz"):
         prepare_dataset(cfg_for(root, tmp_path / "c", fs_source=250))
-    with pytest.raises(ConfigError, match="split_seed: applies to cpsc2018 only"):
+    with pytest.raises(ConfigError, match="split_seed: applies to cpsc2018/manifest only"):
         prepare_dataset(cfg_for(root, tmp_path / "c", split_seed=1))
     with pytest.raises(ConfigError, match="dataset: 'mimic'"):
         prepare_dataset(PrepareConfig(dataset="mimic", root=str(root), out="x"))

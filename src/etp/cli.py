@@ -2,7 +2,7 @@
 
 Each sub-command lives in :mod:`etp.commands` and registers itself through ``add_parser``;
 errors derived from :class:`etp.errors.EtpError` are printed as one line (exit code 2), never
-as a traceback.
+as a traceback, and so is any other :class:`OSError` (the path and the cause).
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except EtpError as exc:
         print(f"etp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an I/O fault outside etp's writers (those raise WriteError)
+        where = f"{exc.filename}: " if exc.filename else ""
+        cause = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        print(f"etp {args.command}: error: {where}{cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"etp {args.command}: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ e.g. ``train.lr=1e-3 train.epochs=2 data.train_folds=[1,2,3]``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -283,8 +284,13 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     data = apply_overrides(data, list(overrides or []))
     try:
         return from_dict(cls, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path or 'overrides'}: {exc}") from None
+    except ConfigError as exc:  # blame the override that set the key at fault, else the file
+        msg = str(exc)
+        for text in reversed(overrides or []):
+            key = text.split("=", 1)[0].strip()
+            if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
+                raise ConfigError(f"command-line override {text}: {msg}") from None
+        raise ConfigError(f"{path or 'overrides'}: {msg}") from None
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:

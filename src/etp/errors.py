@@ -25,3 +25,20 @@ class ModelError(EtpError):
 
 class TrainingError(EtpError):
     """Training cannot continue (e.g. a non-finite loss)."""
+
+
+class WriteError(EtpError, OSError):
+    """An output file or directory cannot be written (no space, read-only, permissions...).
+
+    Also an :class:`OSError` (``errno`` and ``filename`` set), so code that catches OSError
+    still sees it; the message is one line naming the path and the cause.
+    """
+
+    def __init__(self, errno_: int, message: str, filename: str | None = None) -> None:
+        super().__init__(errno_, message)
+        self.message = message
+        if filename is not None:
+            self.filename = filename
+
+    def __str__(self) -> str:
+        return self.message

@@ -86,9 +86,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     g.add_argument("--test-folds", type=_int_list, metavar="10",
                    help="PTB-XL: test strat_folds (default 10)")
     g.add_argument("--split-seed", type=int, metavar="N",
-                   help="CPSC2018: seed of the stratified split (default 0)")
+                   help="CPSC2018, manifest without a split column: seed of the stratified "
+                   "split (default 0)")
     g.add_argument("--split-fractions", type=_float_list, metavar="0.7,0.1,0.2",
-                   help="CPSC2018: train,val,test fractions")
+                   help="CPSC2018, manifest without a split column: train,val,test fractions")
     g.add_argument("--split-csv", metavar="DIR",
                    help="CPSC2018: take the split from CSV files in DIR (e.g. labels/merl-split)")
     g.add_argument("--reference-csv", metavar="FILE",

@@ -44,6 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="continue from <train.out_dir>/checkpoints/last.pt (same config required)",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the finished results (model/, summary.json) of an earlier run in "
+        "train.out_dir (refused without it)",
+    )
+    p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
     p.add_argument(
@@ -101,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from etp.train.loop import pretrain
 
-    model_dir = pretrain(cfg, resume=args.resume)
+    model_dir = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"model saved to {model_dir}")
     return 0

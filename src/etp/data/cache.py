@@ -104,7 +104,8 @@ class PreparedDataset:
                 )
             self._multi_hot[i, [self._class_pos[lab] for lab in labels]] = 1
         single = self._multi_hot.sum(axis=1) == 1
-        self._single_index = np.where(single, self._multi_hot.argmax(axis=1), -1).astype(np.int64)
+        first = self._multi_hot.argmax(axis=1) if self.classes else np.zeros(len(meta), np.int64)
+        self._single_index = np.where(single, first, -1).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.signals.shape[0])

@@ -37,12 +37,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import wfdb
 from sklearn.model_selection import StratifiedKFold
 
 from etp.data.readers import BaseReader, order_labels, read_csv_checked, require_dir
 from etp.data.records import RecordInfo
-from etp.data.signal_io import CPSC_FS
+from etp.data.signal_io import CPSC_FS, read_wfdb_header
 from etp.errors import ConfigError, DataError
 
 CLASSES: tuple[str, ...] = ("Normal", "AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC", "STD", "STE")
@@ -236,10 +235,7 @@ class CPSC2018Reader(BaseReader):
 
     def _wfdb_record(self, rid: str, stem: Path, ref_labels: list[str] | None) -> RecordInfo:
         hea = stem.with_suffix(".hea")
-        try:
-            header = wfdb.rdheader(str(stem))
-        except Exception as exc:
-            raise DataError(f"record {rid}: unreadable WFDB header {hea}: {exc}") from exc
+        header = read_wfdb_header(stem, f"record {rid}")
         comments = _comments(header.comments or [])
         dx = comments.get("dx")
         if dx is None and ref_labels is None:

@@ -10,27 +10,38 @@ A CSV file, one row per ECG::
   an original CPSC-style ``.mat``, or a ``.npy`` array (12, N) / (N, 12) in mV, leads in
   order I, II, III, aVR, aVL, aVF, V1-V6. Relative paths are relative to the CSV's folder.
 * ``report`` (required): the free-text report (may be empty; kept exactly as written).
-* ``labels`` (optional): class names separated by ``;``.
+* ``labels`` (optional): class names separated by ``;`` or ``,`` (so a class name holds
+  neither). A manifest without labels can still be pretrained on; labels are only needed for
+  evaluation. A column whose name is close to one of these (``label``, ``Labels``) is an
+  error rather than an extra column, so labels are never silently lost.
 * ``fs`` (optional): sampling rate in Hz; needed for ``.npy`` (or pass ``fs=`` to the reader);
   for WFDB it is read from the header and must match if given.
-* ``split`` (optional): ``train``, ``val``, ``test`` or empty.
+* ``split`` (optional): ``train``, ``val``, ``test`` or empty (= not used). Without a ``split``
+  column the records present get a seeded, stratified train/val/test split as CPSC2018 does
+  (:func:`etp.data.cpsc2018.stratified_split`, default 70/10/20, seed 0), by patient where
+  ``patient_id`` is given (all records of a patient land in the same split), stratified by
+  each patient's first label.
 * ``patient_id``, ``record_id`` (optional): ``record_id`` defaults to the path without its
   extension; ids must be unique. Other columns are kept in ``RecordInfo.extra``.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import wfdb
-
+from etp.data.cpsc2018 import stratified_split
 from etp.data.readers import BaseReader, order_labels, read_csv_checked
 from etp.data.records import RecordInfo
-from etp.data.signal_io import CPSC_FS, signal_files
+from etp.data.signal_io import CPSC_FS, FS_RANGE, read_wfdb_header, signal_files
 from etp.data.text import detect_language
 from etp.errors import DataError
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "report")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("labels", "fs", "split", "patient_id", "record_id")
@@ -46,6 +57,8 @@ class ManifestReader(BaseReader):
         classes: the class names in order; labels outside it are a :class:`DataError`.
             Default: the sorted distinct labels of the manifest.
         fs: sampling rate for rows without an ``fs`` value (needed for ``.npy`` files).
+        split_seed: seed of the split made when the manifest has no ``split`` column.
+        split_fractions: its train/val/test fractions (multiples of 1/100, summing to 1).
     """
 
     name = "manifest"
@@ -55,6 +68,8 @@ class ManifestReader(BaseReader):
         csv_path: str | Path,
         classes: Sequence[str] | None = None,
         fs: float | None = None,
+        split_seed: int = 0,
+        split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
     ) -> None:
         p = Path(csv_path).expanduser()
         if not p.exists():
@@ -71,6 +86,11 @@ class ManifestReader(BaseReader):
         )
         if len(self._df) == 0:
             raise DataError(f"manifest {p} has no rows")
+        _check_column_names(list(self._df.columns), p)
+        self.split_seed = int(split_seed)
+        self.split_fractions = tuple(float(x) for x in split_fractions)
+        stratified_split([], self.split_fractions)  # ConfigError for bad fractions
+        self.auto_split = "split" not in self._df.columns
         labels = [_split_labels(v) for v in self._df.get("labels", [""] * len(self._df))]
         if classes is None:
             self.classes = tuple(sorted({lab for labs in labels for lab in labs}))
@@ -85,6 +105,11 @@ class ManifestReader(BaseReader):
                         f"classes are {list(self.classes)}"
                     )
         self._labels = labels
+        if not self.classes:
+            log.warning(
+                "manifest %s has no labels: its cache can be pretrained on, but evaluation "
+                "needs a `labels` column", p
+            )
         self._records: list[RecordInfo] | None = None
 
     def records(self) -> list[RecordInfo]:
@@ -99,6 +124,8 @@ class ManifestReader(BaseReader):
                         f"(rows {seen[r.record_id] + 2} and {i + 2})"
                     )
                 seen[r.record_id] = i
+            if self.auto_split:
+                self._assign_splits(recs)
             self._records = recs
         return list(self._records)
 
@@ -135,8 +162,37 @@ class ManifestReader(BaseReader):
         )
 
 
+    def _assign_splits(self, recs: list[RecordInfo]) -> None:
+        """Seeded, stratified split of the present records, whole patients at a time."""
+        groups: dict[str, list[RecordInfo]] = {}
+        for r in recs:
+            if self.is_present(r):
+                key = f"patient:{r.patient_id}" if r.patient_id else f"record:{r.record_id}"
+                groups.setdefault(key, []).append(r)
+        strata = [g[0].labels[0] if g[0].labels else "" for g in groups.values()]
+        splits = stratified_split(strata, self.split_fractions, self.split_seed)
+        for group, split in zip(groups.values(), splits):
+            for r in group:
+                r.split = split
+
+
 def _split_labels(value: str) -> list[str]:
-    return [s.strip() for s in str(value).split(";") if s.strip()]
+    return [s.strip() for s in re.split(r"[;,]", str(value)) if s.strip()]
+
+
+def _check_column_names(columns: list[str], path: Path) -> None:
+    """A column named like a known one but not exactly (``label``, ``Labels``) is an error:
+    it would otherwise be kept as an extra column and its values silently ignored."""
+    known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    for col in columns:
+        if not isinstance(col, str) or col in known:
+            continue
+        close = difflib.get_close_matches(col.strip().lower(), known, n=1, cutoff=0.8)
+        if close:
+            raise DataError(
+                f"manifest {path}: column {col!r} looks like `{close[0]}` but is not named "
+                f"exactly so (column names are lower-case); rename it to `{close[0]}`"
+            )
 
 
 def _default_id(rel: Path) -> str:
@@ -150,8 +206,11 @@ def _positive(value: object, where: str) -> float:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         x = math.nan
-    if not (x > 0 and math.isfinite(x)):
-        raise DataError(f"{where} must be a positive sampling rate in Hz, got {value!r}")
+    lo, hi = FS_RANGE
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise DataError(
+            f"{where} must be a sampling rate between {lo:g} and {hi:g} Hz, got {value!r}"
+        )
     return x
 
 
@@ -173,7 +232,4 @@ def _fs_from_file(path: Path, where: str) -> float:
         if path.with_name(path.name + ".mat").is_file():
             return CPSC_FS
         return math.nan
-    try:
-        return float(wfdb.rdheader(str(path)).fs)
-    except Exception as exc:
-        raise DataError(f"{where}: unreadable WFDB header {hea}: {exc}") from exc
+    return float(read_wfdb_header(path, where).fs)

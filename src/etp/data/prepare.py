@@ -5,7 +5,10 @@ checks which listed records are present, reads and preprocesses each one
 (:func:`etp.data.signal.preprocess`) straight into ``signals.npy`` (an ``open_memmap``, so memory
 stays flat whatever the dataset size), and writes ``meta.csv`` and ``info.json`` — all inside a
 temporary sibling directory that is renamed into place only when complete. A killed run leaves
-no cache (or the previous one, untouched); leftovers of dead runs are removed by the next run.
+no cache (or the previous one, untouched); leftovers of dead runs are removed by the next run
+(also one that reuses the cache), and worker processes end with the process that started them.
+The space of ``signals.npy`` is checked and allocated before it is mapped, so a full disk is a
+one-line error naming the cache (exit 2), never a SIGBUS, and the previous cache stays.
 
 The cache's fingerprint hashes the reader options, the preprocessing options and the listing
 (each record's metadata and the size and SHA-256 of its signal files). A second ``prepare`` with
@@ -24,7 +27,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +39,13 @@ import pandas as pd
 
 from etp import __version__
 from etp.config import config_field
+from etp.data.build_dir import (
+    OWNER_FILE,
+    claim_temp,
+    die_with_parent,
+    remove_stale_temps,
+    reserve,
+)
 from etp.data.cache import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -49,8 +58,9 @@ from etp.data.cache import (
 )
 from etp.data.records import RecordInfo
 from etp.data.signal import N_LEADS, PreprocessConfig, preprocess
+from etp.data.signal_io import check_amplitude
 from etp.errors import ConfigError, DataError, EtpError
-from etp.io import atomic_dir, atomic_write_json
+from etp.io import atomic_dir, atomic_write_json, ensure_space
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +73,11 @@ READER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "train_folds": ("train_folds", ("ptbxl",)),
     "val_folds": ("val_folds", ("ptbxl",)),
     "test_folds": ("test_folds", ("ptbxl",)),
-    "split_seed": ("split_seed", ("cpsc2018",)),
-    "split_fractions": ("split_fractions", ("cpsc2018",)),
+    "split_seed": ("split_seed", ("cpsc2018", "manifest")),
+    "split_fractions": ("split_fractions", ("cpsc2018", "manifest")),
     "split_csv_dir": ("split_csv_dir", ("cpsc2018",)),
     "reference_csv": ("reference_csv", ("cpsc2018",)),
 }
-_OWNER_FILE = ".etp-prepare-owner"
 _SIGNAL_SUFFIXES = (".hea", ".dat", ".mat", ".npy")
 
 
@@ -93,9 +102,11 @@ class PrepareConfig:
     train_folds: list[int] | None = _f(None, "PTB-XL: strat_folds of the train split (1-8)")
     val_folds: list[int] | None = _f(None, "PTB-XL: strat_folds of the validation split (9)")
     test_folds: list[int] | None = _f(None, "PTB-XL: strat_folds of the test split (10)")
-    split_seed: int | None = _f(None, "CPSC2018: seed of the stratified split (0)")
+    split_seed: int | None = _f(
+        None, "CPSC2018, manifest without a split column: seed of the stratified split (0)"
+    )
     split_fractions: list[float] | None = _f(
-        None, "CPSC2018: train/val/test fractions (0.7,0.1,0.2)"
+        None, "CPSC2018, manifest without a split column: train/val/test fractions (0.7,0.1,0.2)"
     )
     split_csv_dir: str | None = _f(None, "CPSC2018: take the split from CSV files in this folder")
     reference_csv: str | None = _f(
@@ -154,6 +165,8 @@ class PrepareSummary:
     fs: float
     length: int
     seconds: float = 0.0
+    #: records kept with a warning (e.g. a flat lead): {"record_id", "warning"}
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (the ``--json`` output)."""
@@ -183,6 +196,10 @@ class PrepareSummary:
             lines.append(f"skipped {s['record_id']}: {s['reason']}")
         if len(self.skipped) > 20:
             lines.append(f"... and {len(self.skipped) - 20} more skipped (see --json)")
+        for w in self.warnings[:20]:
+            lines.append(f"warning: {w['warning']}")
+        if len(self.warnings) > 20:
+            lines.append(f"... and {len(self.warnings) - 20} more warnings (see --json)")
         return "\n".join(lines)
 
 
@@ -319,14 +336,18 @@ def compute_fingerprint(
 _WORKER: dict[str, Any] = {}
 
 
-def _load_one(reader: Any, rec: RecordInfo, pcfg: PreprocessConfig) -> np.ndarray:
-    """Read and preprocess one record; every failure becomes a DataError naming it."""
+def _load_one(
+    reader: Any, rec: RecordInfo, pcfg: PreprocessConfig
+) -> tuple[np.ndarray, list[str]]:
+    """Read, check (:func:`check_amplitude`) and preprocess one record -> (array, warnings);
+    every failure becomes a DataError naming it."""
     try:
         raw = reader.read_signal(rec)
         fs = rec.fs
         if isinstance(raw, tuple):  # (signal, fs) form
             raw, fs = raw
-        return preprocess(raw, fs, pcfg, record_id=rec.record_id)
+        warnings = check_amplitude(raw, f"record {rec.record_id} ({rec.path})")
+        return preprocess(raw, fs, pcfg, record_id=rec.record_id), warnings
     except DataError as exc:
         msg = str(exc)
         if rec.record_id not in msg:
@@ -340,35 +361,43 @@ def _load_one(reader: Any, rec: RecordInfo, pcfg: PreprocessConfig) -> np.ndarra
         ) from None
 
 
-def _work_chunk(positions: list[int]) -> list[tuple[int, np.ndarray | None, str | None]]:
+_Item = tuple[int, np.ndarray | None, str | None, list[str]]
+
+
+def _work_chunk(positions: list[int]) -> list[_Item]:
     """Worker body: preprocess the records at ``positions`` of the forked-in selection."""
     reader, records, pcfg = _WORKER["reader"], _WORKER["records"], _WORKER["pcfg"]
-    out: list[tuple[int, np.ndarray | None, str | None]] = []
+    out: list[_Item] = []
     for i in positions:
         try:
-            out.append((i, _load_one(reader, records[i], pcfg), None))
+            arr, warnings = _load_one(reader, records[i], pcfg)
+            out.append((i, arr, None, warnings))
         except DataError as exc:
-            out.append((i, None, str(exc)))
+            out.append((i, None, str(exc), []))
     return out
 
 
 def _iter_processed(
     reader: Any, records: list[RecordInfo], pcfg: PreprocessConfig, workers: int
 ):
-    """Yield (position, array or None, error or None) in order."""
+    """Yield (position, array or None, error or None, warnings) in order."""
     if workers <= 1 or len(records) < 2 * workers:
         for i, rec in enumerate(records):
             try:
-                yield i, _load_one(reader, rec, pcfg), None
+                arr, warnings = _load_one(reader, rec, pcfg)
+                yield i, arr, None, warnings
             except DataError as exc:
-                yield i, None, str(exc)
+                yield i, None, str(exc), []
         return
     _WORKER.update(reader=reader, records=records, pcfg=pcfg)
     chunk = 32
     chunks = [list(range(s, min(s + chunk, len(records)))) for s in range(0, len(records), chunk)]
     try:
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx,
+            initializer=die_with_parent, initargs=(os.getpid(),),
+        ) as pool:
             for result in pool.map(_work_chunk, chunks):
                 yield from result
     finally:
@@ -378,29 +407,6 @@ def _iter_processed(
 # ------------------------------------------------------------------------------------------
 # the cache directory
 # ------------------------------------------------------------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Delete temporary dirs of earlier prepare runs on ``out`` whose process is dead."""
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        owner = tmp / _OWNER_FILE
-        try:
-            pid = int(owner.read_text().strip())
-        except (OSError, ValueError):
-            continue  # not ours, or still being set up
-        if not _pid_alive(pid):
-            log.info("removing leftover of an interrupted prepare: %s", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_out(out: Path) -> dict[str, Any] | None:
@@ -548,6 +554,7 @@ def prepare_dataset(
         raise DataError(f"record id {dup!r} is listed more than once in {root}")
 
     existing = _check_out(out)
+    remove_stale_temps(out)  # also when the cache is reused below
     known = read_digests(out) if existing is not None else {}
     digests: FileDigests = {}
     fingerprint = compute_fingerprint(cfg, options, selected, len(listing), known, digests)
@@ -571,25 +578,28 @@ def prepare_dataset(
             log.info("reusing cache %s (fingerprint %s)", out, fingerprint[:12])
             return summary
 
-    _remove_stale_temps(out)
     classes = list(reader.classes)
     base = _base_dir(root)
     pcfg = cfg.preprocess
     n, length = len(selected), pcfg.n_samples
     skipped: list[dict[str, str]] = []
     keep: list[int] = []
-    with atomic_dir(out) as tmp:
-        (tmp / _OWNER_FILE).write_text(str(os.getpid()))
+    flagged: list[dict[str, str]] = []
+    row_bytes = N_LEADS * length * np.dtype(np.float32).itemsize
+    ensure_space(out / SIGNALS_FILE, n * row_bytes)  # before anything is written
+    with atomic_dir(out) as tmp, claim_temp(tmp):
         partial = tmp / "signals.partial.npy"
         sig = np.lib.format.open_memmap(
             partial, mode="w+", dtype=np.float32, shape=(n, N_LEADS, length)
         )
+        reserve(partial, sig.offset + n * row_bytes)
         items = _iter_processed(reader, selected, pcfg, cfg.workers)
         if progress:
             from tqdm import tqdm
 
             items = tqdm(items, total=n, desc=f"prepare {cfg.dataset}", unit="rec")
-        for i, arr, err in items:
+        for i, arr, err, warns in items:
+            flagged += [{"record_id": selected[i].record_id, "warning": w} for w in warns]
             if err is not None:
                 if not cfg.skip_bad:
                     raise DataError(f"{err} (pass --skip-bad to skip bad records)")
@@ -611,6 +621,7 @@ def prepare_dataset(
             dst = np.lib.format.open_memmap(
                 tmp / SIGNALS_FILE, mode="w+", dtype=np.float32, shape=(len(keep), N_LEADS, length)
             )
+            reserve(tmp / SIGNALS_FILE, dst.offset + len(keep) * row_bytes)
             step = 1024
             for s in range(0, len(keep), step):
                 e = min(s + step, len(keep))
@@ -624,6 +635,7 @@ def prepare_dataset(
         meta = pd.DataFrame([_meta_row(selected[i], base) for i in keep])
         write_meta(meta, tmp / META_FILE)
         summary = _summarise(cfg, classes, meta, len(listing), missing, skipped, fingerprint, out)
+        summary.warnings = flagged
         summary.seconds = round(time.perf_counter() - t0, 3)
         info = {
             "format": CACHE_FORMAT,
@@ -647,7 +659,7 @@ def prepare_dataset(
             "counts": summary.to_dict(),
         }
         atomic_write_json(tmp / DIGESTS_FILE, digests)
-        (tmp / _OWNER_FILE).unlink()
+        (tmp / OWNER_FILE).unlink()
         atomic_write_json(tmp / INFO_FILE, info)  # written last: marks the directory complete
     log.info("prepared %s: %d records in %.1f s", out, len(keep), summary.seconds)
     return summary

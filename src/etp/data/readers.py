@@ -129,6 +129,8 @@ def read_csv_checked(
         raise DataError(f"{what} not found: {p}")
     try:
         df = pd.read_csv(p, **kwargs)  # type: ignore[arg-type]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {p}: {_not_utf8(p, exc)}") from None
     except Exception as exc:
         raise DataError(f"{what} {p} cannot be read as CSV: {exc}") from exc
     df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
@@ -139,6 +141,24 @@ def read_csv_checked(
             f"{what} {p} lacks the column(s) {lacking} (columns found: {list(df.columns)})"
         )
     return df
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where a CSV stops being UTF-8 (line number, as a row count of the file), and the fix."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        lines = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            snippet = line[max(0, bad.start - 20) : bad.end + 20].decode("utf-8", "replace")
+            return (
+                f"line {n} (data row {n - 1}) is not UTF-8 (byte {line[bad.start]:#04x} in "
+                f"...{snippet}...); save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+            )
+    return f"not UTF-8 ({exc}); save the file as UTF-8"
 
 
 def open_reader(dataset: str, root: str | Path, **options: object) -> BaseReader:

@@ -35,6 +35,10 @@ from etp.config import config_field
 from etp.errors import ConfigError, DataError
 
 N_LEADS = 12
+#: accepted target sampling rates (Hz): ECGs are analysed at 50-1000 Hz in practice
+FS_BOUNDS = (10.0, 2000.0)
+#: longest accepted record length (s): the cache holds every record at this length
+MAX_LENGTH_S = 300.0
 
 
 def _f(default: Any, help: str, paper: str) -> Any:
@@ -90,8 +94,19 @@ class PreprocessConfig:
         """Raise :class:`ConfigError` naming the key of any invalid setting."""
         if not (isinstance(self.fs, (int, float)) and math.isfinite(self.fs) and self.fs > 0):
             raise ConfigError(f"preprocess.fs: must be a positive number of Hz, got {self.fs!r}")
+        lo, hi = FS_BOUNDS
+        if not lo <= self.fs <= hi:
+            raise ConfigError(
+                f"preprocess.fs (--fs): {self.fs:g} Hz is outside ECG practice; give a target "
+                f"rate between {lo:g} and {hi:g} Hz"
+            )
         if not (math.isfinite(self.length_s) and self.length_s > 0):
             raise ConfigError(f"preprocess.length_s: must be > 0 seconds, got {self.length_s!r}")
+        if self.length_s > MAX_LENGTH_S:
+            raise ConfigError(
+                f"preprocess.length_s (--length): {self.length_s:g} s is longer than the "
+                f"{MAX_LENGTH_S:g} s etp caches per record; give a shorter length"
+            )
         if self.n_samples < 1:
             raise ConfigError(
                 f"preprocess.length_s: {self.length_s} s at {self.fs} Hz is less than one sample"

@@ -18,6 +18,7 @@ WFDB checksum), a wrong number of leads, unknown units, NaN/inf (or WFDB invalid
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,11 @@ def _hea(stem: Path) -> Path:
 
 
 def _detect_format(p: Path, where: str) -> tuple[str, Path]:
+    if p.is_dir():
+        raise DataError(
+            f"{where}: {p} is a directory, not an ECG signal file; give a WFDB record (stem or "
+            ".hea), a .mat or a .npy file"
+        )
     suffix = p.suffix.lower()
     if suffix == ".npy":
         if not p.is_file():
@@ -121,14 +127,130 @@ def _detect_format(p: Path, where: str) -> tuple[str, Path]:
     )
 
 
-def _read_wfdb(stem: Path, fs: float | None, where: str) -> tuple[np.ndarray, float]:
+#: bounds of a header's sampling rate in Hz (ECGs are recorded at 50 Hz to 10 kHz in practice)
+FS_RANGE = (1.0, 100_000.0)
+#: bounds of a header's ADC gain in ADC units per mV (after its units): 1 unit per mV is the
+#: coarsest resolution that still shows an ECG, 1e7 per mV (0.1 nV) finer than any recorder
+GAIN_PER_MV_RANGE = (1.0, 1e7)
+# range of the stored integers of each WFDB format (for the baseline check)
+_FORMAT_BITS = {"8": 8, "16": 16, "61": 16, "80": 8, "160": 16, "24": 24, "32": 32,
+                "212": 12, "310": 10, "311": 10, "508": 8, "516": 16, "524": 24}  # fmt: skip
+
+
+def read_wfdb_header(stem: Path, where: str) -> wfdb.Record:
+    """Parse and validate the WFDB header of ``stem``; :class:`DataError` naming the field.
+
+    :mod:`wfdb` silently replaces a sampling rate that is not a positive number by 250 Hz and
+    a gain of 0 by 200, and fails with ``list index out of range`` on an empty header, so the
+    header text is checked first: the record line (signal count, sampling rate, sample count)
+    and every signal line (format, gain, baseline, units).
+    """
     hea = _hea(stem)
     if not hea.is_file():
         raise DataError(f"{where}: WFDB header not found: {hea}")
+    _check_header_text(hea, where)
     try:
         header = wfdb.rdheader(str(stem))
     except Exception as exc:
         raise DataError(f"{where}: unreadable WFDB header {hea}: {exc}") from exc
+    return header
+
+
+def _check_header_text(hea: Path, where: str) -> None:
+    try:
+        text = hea.read_bytes().decode("utf-8", "replace")
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read WFDB header {hea}: {exc.strerror}") from None
+    lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    fix = "fix the header or remove the record"
+    if not lines:
+        raise DataError(f"{where}: WFDB header {hea} is empty (no record line); {fix}")
+    rec = lines[0].split()
+    if len(rec) < 2 or not rec[1].isdigit():
+        raise DataError(
+            f"{where}: WFDB header {hea}: malformed record line {lines[0]!r} (expected "
+            f"'NAME N_SIGNALS [FS [N_SAMPLES]]'); {fix}"
+        )
+    if "/" in rec[0]:
+        raise DataError(f"{where}: {hea} is a multi-segment WFDB record, which etp does not read")
+    n_sig = int(rec[1])
+    if len(rec) > 2:
+        fs_text = rec[2].split("/", 1)[0].split("(", 1)[0]
+        try:
+            fs = float(fs_text)
+        except ValueError:
+            fs = math.nan
+        lo, hi = FS_RANGE
+        if not (math.isfinite(fs) and lo <= fs <= hi):
+            raise DataError(
+                f"{where}: WFDB header {hea}: sampling rate field {rec[2]!r} is not a rate "
+                f"between {lo:g} and {hi:g} Hz; {fix}"
+            )
+    if len(rec) > 3 and not (rec[3].isdigit() and int(rec[3]) > 0):
+        raise DataError(
+            f"{where}: WFDB header {hea}: sample count field {rec[3]!r} is not a positive "
+            f"integer; {fix}"
+        )
+    sig_lines = lines[1 : 1 + n_sig]
+    if len(sig_lines) < n_sig:
+        raise DataError(
+            f"{where}: WFDB header {hea}: the record line announces {n_sig} signals but "
+            f"{len(sig_lines)} signal line(s) follow; {fix}"
+        )
+    for k, line in enumerate(sig_lines):
+        _check_signal_line(line.split(), k, hea, where, fix)
+
+
+def _check_signal_line(f: list[str], k: int, hea: Path, where: str, fix: str) -> None:
+    name = " ".join(f[8:]) if len(f) > 8 else f"#{k + 1}"
+    at = f"{where}: WFDB header {hea}: signal {name}"
+    if len(f) < 2:
+        raise DataError(f"{at}: no storage format given; {fix}")
+    fmt = re.split(r"[x:+]", f[1], maxsplit=1)[0]
+    if fmt not in _FORMAT_BITS:
+        raise DataError(
+            f"{at}: storage format {f[1]!r} is not a WFDB format etp reads "
+            f"({', '.join(sorted(_FORMAT_BITS, key=int))}); {fix}"
+        )
+    if len(f) < 3:
+        return  # no gain: WFDB's default 200 per mV
+    m = re.fullmatch(r"([^(/]*)(?:\(([^)]*)\))?(?:/(.*))?", f[2])
+    gain_text, base_text, unit = (m.group(1), m.group(2), m.group(3)) if m else (f[2], None, None)
+    try:
+        gain = float(gain_text)
+    except ValueError:
+        gain = math.nan
+    factor = _UNIT_TO_MV.get((unit or "").strip().lower())
+    if factor is None:
+        raise DataError(
+            f"{at}: unknown physical unit {unit!r} (etp reads {', '.join(['mV', 'uV', 'V'])}); "
+            f"{fix}"
+        )
+    lo, hi = GAIN_PER_MV_RANGE
+    per_mv = gain * factor if gain > 0 else math.nan
+    if not (math.isfinite(per_mv) and lo <= per_mv <= hi):
+        raise DataError(
+            f"{at}: ADC gain {gain_text!r} is not a positive gain between {lo:g} and {hi:g} ADC "
+            f"units per mV; the signal would come out scaled, inverted or flat; {fix}"
+        )
+    if base_text is not None:
+        bits = _FORMAT_BITS[fmt]
+        lim = 2 ** (bits - 1) if fmt not in ("80", "160", "508") else 2**bits
+        try:
+            base = int(base_text)
+        except ValueError:
+            base = None
+        if base is None or not -lim <= base < lim:
+            raise DataError(
+                f"{at}: baseline {base_text!r} is not an integer that format {fmt} can hold "
+                f"({-lim} to {lim - 1}); {fix}"
+            )
+
+
+def _read_wfdb(stem: Path, fs: float | None, where: str) -> tuple[np.ndarray, float]:
+    hea = _hea(stem)
+    header = read_wfdb_header(stem, where)
     n_sig = int(header.n_sig or 0)
     if n_sig < len(LEADS):
         raise DataError(
@@ -136,11 +258,12 @@ def _read_wfdb(stem: Path, fs: float | None, where: str) -> tuple[np.ndarray, fl
             f"etp needs the 12 standard leads"
         )
     order = canonical_order(header.sig_name or [], source=str(hea))
-    if not header.fs or header.fs <= 0:
-        raise DataError(f"{where}: {hea} gives no valid sampling rate")
     rate = float(header.fs)
     if fs is not None and not math.isclose(float(fs), rate, rel_tol=1e-6):
-        raise DataError(f"{where}: sampling rate {fs} Hz was expected but {hea} says {rate} Hz")
+        raise DataError(
+            f"{where}: a sampling rate of {fs:g} Hz was given (e.g. a manifest's `fs`) but {hea} "
+            f"says {rate:g} Hz; correct one of them (WFDB records need no rate)"
+        )
     if header.sig_len is not None and header.sig_len <= 0:
         raise DataError(f"{where}: {hea} describes an empty signal (0 samples)")
     _check_wfdb_sizes(header, stem, where)
@@ -261,6 +384,48 @@ def _as_leads_first(arr: np.ndarray, where: str, name: str) -> np.ndarray:
     if arr.shape[1] == 0:
         raise DataError(f"{where}: {name} holds an empty signal (0 samples)")
     return arr
+
+
+#: a lead whose robust amplitude (99.5th percentile of |x - median|) is below this many mV is
+#: flat: no ECG lead is (a disconnected electrode, or a signal in V read as mV)
+FLAT_MV = 0.01
+#: a lead whose robust amplitude exceeds this many mV is absurd: real ECGs stay below ~15 mV
+#: (a signal in uV read as mV, or a wrong gain)
+ABSURD_MV = 50.0
+
+
+def check_amplitude(sig: np.ndarray, where: str) -> list[str]:
+    """Check that a (12, N) mV signal can be diagnostic; returns warnings, raises errors.
+
+    Per lead, the robust amplitude is the 99.5th percentile of ``|x - median(x)|`` (so an
+    offset or a few spikes do not count). A :class:`DataError` names ``where`` when any lead
+    exceeds :data:`ABSURD_MV` or when every lead is below :data:`FLAT_MV` (the model would see
+    noise or zeros and answer anyway); some flat leads (a disconnected electrode) are a
+    warning, returned as one sentence for the caller to report. ``etp prepare`` and the
+    inference file reader both call this.
+    """
+    x = np.asarray(sig, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        return []
+    amp = np.percentile(np.abs(x - np.median(x, axis=1, keepdims=True)), 99.5, axis=1)
+    names = list(LEADS) if x.shape[0] == len(LEADS) else [str(i) for i in range(x.shape[0])]
+    absurd = [f"{names[i]} ({amp[i]:.3g} mV)" for i in np.flatnonzero(~(amp <= ABSURD_MV))]
+    if absurd:
+        raise DataError(
+            f"{where}: absurd amplitude in lead(s) {', '.join(absurd)}, above the "
+            f"{ABSURD_MV:g} mV no ECG reaches: wrong units or ADC gain (e.g. uV read as mV)? "
+            "Fix the file's scaling"
+        )
+    flat = [names[i] for i in np.flatnonzero(amp < FLAT_MV)]
+    if len(flat) == len(names):
+        raise DataError(
+            f"{where}: every lead is flat (amplitude below {FLAT_MV:g} mV): not a diagnostic "
+            "ECG (an empty recording, or wrong units or ADC gain, e.g. V read as mV)"
+        )
+    if flat:
+        return [f"{where}: flat lead(s) {flat} (amplitude below {FLAT_MV:g} mV; a "
+                "disconnected electrode?)"]
+    return []
 
 
 def _check_finite(sig: np.ndarray, where: str, invalid_hint: str = "") -> None:

@@ -251,7 +251,7 @@ def read_ecg_file(
     model's input is an error naming the file unless ``pad`` (zero-padding, as in training).
     """
     from etp.data.signal import preprocess
-    from etp.data.signal_io import read_signal_file
+    from etp.data.signal_io import check_amplitude, read_signal_file
     from etp.errors import DataError
 
     p = Path(path)
@@ -291,6 +291,8 @@ def read_ecg_file(
             f"{p}: the record is {duration:.2f} s long, shorter than the model's "
             f"{pcfg.length_s:g}-s input; pass --pad to zero-pad it (as training pads short records)"
         )
+    for warning in check_amplitude(sig, str(p)):  # absurd or all-flat signals raise
+        log.warning("%s", warning)
     return preprocess(sig, rate, pcfg, record_id=str(p))
 
 

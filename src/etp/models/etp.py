@@ -135,10 +135,10 @@ def save_model_dir(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``path`` (config.json + model.safetensors) atomically; returns the directory."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from etp import __version__
-    from etp.io import atomic_dir, atomic_write_json
+    from etp.io import atomic_dir, atomic_write_bytes, atomic_write_json
 
     net = unwrap(model)
     cfg = cfg if cfg is not None else net.cfg
@@ -165,7 +165,8 @@ def save_model_dir(
     }
     out = Path(path)
     with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        # serialised in memory, so a full disk is an OSError naming the file (etp.io)
+        atomic_write_bytes(tmp / WEIGHTS_FILE, save(state, metadata={"format": FORMAT}))
         atomic_write_json(tmp / CONFIG_FILE, meta)
     return out
 

@@ -4,7 +4,7 @@ A checkpoint holds everything the next step depends on: model, optimizer and sch
 the position in the data (epoch and batch within it — the batch order is a pure function of
 seed and epoch, so the position is enough to replay the same permutation), every random
 generator (Python, NumPy, torch CPU/CUDA and the loop's own generators), the resolved config
-and a description of the architecture. It is written with :func:`etp.io.atomic_path`, so a
+and a description of the architecture. It is written with :func:`etp.io.atomic_write_bytes`, so a
 SIGKILL during the write leaves the previous checkpoint intact.
 
 Checkpoints load with ``torch.load(weights_only=True)``: only tensors and plain Python
@@ -13,6 +13,7 @@ containers are stored, never pickled objects.
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from etp.errors import ConfigError, ModelError
-from etp.io import atomic_path
+from etp.io import atomic_write_bytes
 
 #: value of the ``format`` key that marks an etp training checkpoint
 CHECKPOINT_FORMAT = "etp-train-checkpoint"
@@ -139,8 +140,9 @@ def save_checkpoint(
         "ema": ema.state_dict() if ema is not None else None,
         "objective": dict(objective or {}),
     }
-    with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+    buf = io.BytesIO()  # serialised in memory, so a full disk is an OSError naming the file
+    torch.save(payload, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

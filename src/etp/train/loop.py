@@ -94,19 +94,26 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
+def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Run a pretraining and return the saved model directory ``<out_dir>/model``.
 
     ``resume=True`` continues from ``<out_dir>/checkpoints/last.pt`` exactly where it stopped
-    (same config required); without it, an out_dir that already holds a checkpoint is refused.
+    (same config required); without it, an out_dir that already holds a checkpoint is refused,
+    and so is one holding a finished run unless ``overwrite`` (:mod:`etp.train.rundir`, which
+    also locks out_dir for the run).
     Raises ConfigError / DataError / ModelError for bad input, TrainingError when the loss
     becomes non-finite (the last good checkpoint is kept).
     """
-    from etp.train.distributed import cleanup, init_distributed
+    from etp.train.distributed import barrier, cleanup, init_distributed
+    from etp.train.rundir import claim_run_dir
 
     dist_info = init_distributed(cfg.train.device)
     try:
-        result = _Run(cfg, dist_info).run(resume)
+        out, main = cfg.train.out_dir, dist_info.rank == 0
+        with claim_run_dir(out, checkpoint=checkpoint_path(out), resume=resume,
+                           overwrite=overwrite, main=main):
+            barrier()  # rank 0 has checked (and with overwrite cleared) out_dir
+            result = _Run(cfg, dist_info).run(resume)
     except BaseException:
         if dist_info.is_distributed:
             cleanup()  # no barrier: the other processes may never get here
@@ -298,8 +305,8 @@ class _Run:
             bad = idx[~torch.isfinite(x).flatten(1).all(1)]
             ids = self.prepared.meta["record_id"].astype(str).to_numpy()[bad.numpy()][:5].tolist()
             raise DataError(
-                f"{self.cfg.data.cache}: record(s) {ids} hold NaN/inf samples; prepare the cache "
-                "again from the source files (`etp prepare` rejects such records)"
+                f"the cache {self.cfg.data.cache} holds NaN/inf samples (records {ids}); rebuild "
+                "it with `etp prepare --force` (it rejects such records)"
             )
         text = None if self.text_emb is None else self.text_emb[self.text_row[idx]]
         batch = Batch(x=x, rows=idx, generator=gen, text=text, patients=self.patients[idx])
@@ -431,7 +438,7 @@ class _Run:
         if last.exists() and not resume:
             raise ConfigError(
                 f"{self.out} already holds a checkpoint ({last}); pass --resume to continue it, "
-                "or choose another train.out_dir"
+                "--overwrite to start again, or choose another train.out_dir"
             )
         if resume and not last.exists():
             log.warning("no checkpoint in %s: starting from scratch", self.out)
