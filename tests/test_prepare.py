@@ -21,7 +21,8 @@ import wfdb
 
 from etp.cli import main
 from etp.data.cache import load_prepared, read_meta
-from etp.data.prepare import PrepareConfig, PrepareSummary, prepare_dataset, read_digests
+from etp.data.fingerprint import read_digests
+from etp.data.prepare import PrepareConfig, PrepareSummary, prepare_dataset
 from etp.data.readers import open_reader
 from etp.data.signal import PreprocessConfig, preprocess
 from etp.errors import ConfigError, DataError

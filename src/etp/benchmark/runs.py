@@ -146,7 +146,9 @@ def obtain_model(
     from etp.train.loop import pretrain
 
     t0 = time.perf_counter()
-    last = pretrain(pcfg, resume=_resumable(pcfg, run_dir))
+    resume = _resumable(pcfg, run_dir)
+    # the run directory is the benchmark's own: a stale model there (other settings) is rebuilt
+    last = pretrain(pcfg, resume=resume, overwrite=not resume)
     if not chosen.exists():  # no validation records: the best model is the last one
         chosen = last
     atomic_write_json(
