@@ -238,9 +238,14 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> "LoadedModel":
     """Load a directory written by :func:`save_model_dir`; strict: ModelError on any mismatch."""
     from safetensors.torch import load_file
 
-    p = Path(path)
+    from etp.pretrained import resolve_model, shipped_models
+
+    p = resolve_model(path)
     if not p.exists():
-        raise ModelError(f"model directory not found: {p}")
+        raise ModelError(
+            f"model directory not found: {p} (or the name of a shipped model: "
+            f"{', '.join(shipped_models())})"
+        )
     if not p.is_dir():
         raise ModelError(f"{p} is not a model directory (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
     meta = _read_meta(p)
@@ -327,7 +332,42 @@ class LoadedModel:
         leads = self.config.in_leads
         if x.ndim != 3 or x.shape[1] != leads or x.shape[2] < 1:
             raise DataError(f"expected ECGs of shape (B, {leads}, L), got {x.shape}")
+        from etp.api import check_input_length
+
+        check_input_length(self, x)
         return x
+
+    @property
+    def zero_shot_defaults(self) -> Any:
+        """The directory's zero-shot defaults (:mod:`etp.zero_shot_defaults`), or None."""
+        if not hasattr(self, "_zero_shot_defaults"):
+            from etp.zero_shot_defaults import read_defaults
+
+            self._zero_shot_defaults = read_defaults(self.path)
+        return self._zero_shot_defaults
+
+    def preprocess(self, signal: Any, fs: float | None = None, pad: bool = False) -> np.ndarray:
+        """A raw ECG (:class:`etp.api.ECGSignal`, or a (12, N) mV array with ``fs``) -> the
+        (12, L) input this model expects (:func:`etp.api.preprocess`)."""
+        from etp.api import preprocess
+
+        return preprocess(signal, self, fs=fs, pad=pad)
+
+    def predict(
+        self, inputs: Any, labels: Sequence[str] | None = None, fs: float | None = None,
+        dataset: str | None = None, pad: bool = False, reports: Sequence[str] | None = None,
+    ) -> Any:
+        """Zero-shot probabilities of files, signals or arrays as a DataFrame
+        (:func:`etp.api.predict`); default classes: the model's default dataset's."""
+        from etp.api import predict
+
+        return predict(self, inputs, labels, fs=fs, dataset=dataset, pad=pad, reports=reports)
+
+    def embed(self, inputs: Any, fs: float | None = None, pad: bool = False) -> np.ndarray:
+        """ECG embeddings of files, signals or arrays (:func:`etp.api.embed`)."""
+        from etp.api import embed
+
+        return embed(self, inputs, fs=fs, pad=pad)
 
     @torch.no_grad()
     def _run(
