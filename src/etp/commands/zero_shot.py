@@ -34,6 +34,10 @@ EPILOG = (
     '  etp zero-shot --model runs/etp/model --labels "left bundle branch block,normal ECG" \\\n'
     "      --fs 500 --csv ecg.npy > probs.csv\n"
     "\n"
+    "Without prompt options (--template/--ensemble/--synonyms/--languages) a model directory's\n"
+    "zero-shot defaults apply (zero_shot.json: e.g. the shipped model's 'en synonyms via reports'\n"
+    "with stored class embeddings); --reports FILE alone keeps them and supplies the gallery,\n"
+    "whose embeddings are cached in ~/.cache/etp ($ETP_CACHE_DIR, $XDG_CACHE_HOME/etp).\n"
     "Class names and their German/Swedish phrasings for --dataset come from the prompt table\n"
     "(etp/resources/prompts.yaml; pass your own copy with --prompts FILE)."
 )

@@ -284,6 +284,19 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> "LoadedModel":
     )
 
 
+#: text lists with at least this many distinct texts (report galleries) are cached by content in
+#: the user cache (:func:`etp.zero_shot_defaults.user_cache_dir`) when no cache_dir is given
+LARGE_TEXTS = 1000
+
+
+def _text_cache(texts: Sequence[str], cache_dir: str | Path | None) -> str | Path | None:
+    if cache_dir is not None or len(set(texts)) < LARGE_TEXTS:
+        return cache_dir
+    from etp.zero_shot_defaults import user_cache_dir
+
+    return user_cache_dir()
+
+
 class LoadedModel:
     """A loaded model directory: numpy-in / numpy-out inference helpers."""
 
@@ -449,7 +462,7 @@ class LoadedModel:
 
         texts = self.prepare_texts(check_texts(texts))
         encoder = self.text_encoder()
-        unique, index = embed_texts(texts, encoder, cache_dir)
+        unique, index = embed_texts(texts, encoder, _text_cache(texts, cache_dir))
         t = torch.from_numpy(unique).to(self.device)
         emb = self.model.embed_text(t).float().cpu().numpy()
         return emb[index]
@@ -465,7 +478,7 @@ class LoadedModel:
         from etp.text.encoder import check_texts
 
         texts = self.prepare_texts(check_texts(texts))
-        unique, index = embed_texts(texts, self.text_encoder(), cache_dir)
+        unique, index = embed_texts(texts, self.text_encoder(), _text_cache(texts, cache_dir))
         emb = np.asarray(unique, dtype=np.float32)[index]
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
