@@ -203,3 +203,21 @@ def test_plot_writes_one_png_per_file(model_dir: Path, tmp_path: Path, capsys) -
     # pink grid present: many pixels with red > green, blue
     rgb = img[..., :3]
     assert ((rgb[..., 0] > 0.9) & (rgb[..., 1] < 0.85) & (rgb[..., 2] < 0.85)).mean() > 0.01
+
+
+def test_embed_map_coloured_by_a_label_column(model_dir: Path, tmp_path: Path, capsys) -> None:
+    import pandas as pd
+
+    recs = ["A0002", "A0029", "A0003", "A0007", "A0010", "A0027"]
+    files = [str(CPSC / "wfdb" / f"{r}.hea") for r in recs]
+    dx = ["Normal", "Normal", "AF", "AF", "RBBB", "RBBB"]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"file": files, "dx": dx}).to_csv(labels, index=False)
+    png = tmp_path / "map.png"
+    argv = ["embed", "--model", str(model_dir), "--out", str(tmp_path / "e.npy"), "--map", str(png),
+            "--color-by", f"{labels}:dx", *files]
+    assert main(argv) == 0
+    assert str(png) in capsys.readouterr().out and png.stat().st_size > 5_000
+    bad = ["embed", "--model", str(model_dir), "--out", str(tmp_path / "e.npy"), "--map",
+           str(png), "--color-by", f"{labels}:nope", *files]
+    assert main(bad) == 2 and "nope" in capsys.readouterr().err
