@@ -169,13 +169,13 @@ def predict(
     """
     import pandas as pd
 
-    from etp.errors import ConfigError
+    from etp.errors import ConfigError, ModelError
     from etp.eval.zero_shot import load_prompt_table, zero_shot_scores
     from etp.zero_shot_defaults import merge_labels, resolve_zero_shot
 
     if not model.has_text:
-        raise ConfigError(f"{model.path}: this {model.method!r} model has no text side; "
-                          "zero-shot prediction needs an ETP model")
+        raise ModelError(f"{model.path}: this {model.method!r} model has no text side; "
+                         "zero-shot prediction needs an ETP model")
     table = load_prompt_table()
     defaults = model.zero_shot_defaults
     if labels is None:
