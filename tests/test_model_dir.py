@@ -175,7 +175,7 @@ def test_simclr_model_has_no_text_side(tmp_path: Path) -> None:
     path = save_model_dir(tmp_path / "s", ETPModel(ModelConfig(), method="simclr"), None, PREP)
     loaded = load_model_dir(path)
     assert loaded.method == "simclr" and not loaded.has_text
-    assert loaded.features(np.zeros((1, 12, 250), np.float32)).shape == (1, 512)
+    assert loaded.features(np.zeros((1, 12, 1000), np.float32)).shape == (1, 512)
     with pytest.raises(ModelError, match="has no text side"):
         loaded.embed_texts(["normal ecg"])
 
@@ -184,7 +184,9 @@ def test_bad_ecg_input(saved: tuple[Path, ETPModel]) -> None:
     loaded = load_model_dir(saved[0])
     with pytest.raises(DataError, match=r"shape \(B, 12, L\), got \(12, 1000\)"):
         loaded.embed_ecg(np.zeros((12, 1000), np.float32))
-    x = np.zeros((3, 12, 100), np.float32)
+    with pytest.raises(DataError, match=r"expects preprocessed ECGs of 1000 samples"):
+        loaded.embed_ecg(np.zeros((1, 12, 100), np.float32))  # not the model's input length
+    x = np.zeros((3, 12, 1000), np.float32)
     x[2, 5, 7] = np.nan
     with pytest.raises(DataError, match="ECG at index 2 has NaN"):
         loaded.features(x)

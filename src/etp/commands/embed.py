@@ -43,7 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="FILE",
         help="ECG files: WFDB record (stem or .hea), CinC .mat+.hea, CPSC2018 .mat, .npy",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="trained model directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="trained model directory, or a shipped model's name (etp-ptbxl-mini)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .csv")
     p.add_argument("--text", action="append", metavar="TEXT", help="a report to embed (repeatable)")
     p.add_argument("--text-file", metavar="F", help="file with one report per line")
@@ -66,6 +71,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="zero-pad records shorter than the model's input instead of failing",
     )
     p.add_argument("--bf16", action="store_true", help="bfloat16 inference")
+    p.add_argument(
+        "--map",
+        metavar="PNG",
+        help="also write a 2-D map (PCA) of the ECG embeddings, coloured by --color-by",
+    )
+    p.add_argument(
+        "--color-by",
+        metavar="CSV:COLUMN",
+        help="with --map: a CSV with a 'file' column (the FILE arguments as given) and the label "
+        "column to colour by, e.g. labels.csv:diagnosis",
+    )
     add_views_argument(p)
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -119,6 +135,39 @@ def write_embeddings(
     return [out, side]
 
 
+def map_labels(spec: str | None, files: list[str]) -> tuple[np.ndarray, list[str], str]:
+    """(label index per file (-1 = none), class names, column) from ``CSV:COLUMN``."""
+    if spec is None:
+        return np.full(len(files), -1), [], ""
+    path, sep, column = spec.rpartition(":")
+    if not sep or not path or not column:
+        raise ConfigError(f"--color-by {spec!r}: expected CSV:COLUMN, e.g. labels.csv:diagnosis")
+    from etp.data.readers import read_csv_checked
+
+    df = read_csv_checked(Path(path), ["file", column], "--color-by labels", dtype=str)
+    by_file = {str(f): str(v) for f, v in zip(df["file"], df[column]) if str(v) != "nan"}
+    missing = [f for f in files if f not in by_file]
+    if len(missing) == len(files):
+        raise DataError(
+            f"--color-by {path}: none of the files given is in its 'file' column "
+            f"(e.g. {files[0]!r}); list the files exactly as on the command line"
+        )
+    classes = sorted(set(by_file[f] for f in files if f in by_file))
+    index = np.array([classes.index(by_file[f]) if f in by_file else -1 for f in files])
+    return index, classes, column
+
+
+def write_map(path: Path, emb: np.ndarray, files: list[str], color_by: str | None) -> Path:
+    """A PCA map of ECG embeddings coloured by a label column (:func:`plot_embedding_map`)."""
+    from etp.eval.plots import plot_embedding_map
+
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--map {path}: must end in .png")
+    labels, classes, column = map_labels(color_by, files)
+    title = f"ECG embeddings (PCA), coloured by {column}" if column else None
+    return plot_embedding_map(emb, labels, classes, path, title=title)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``etp embed``."""
     from etp.eval.features import embed_arrays, model_preprocess_config, read_ecg_files
@@ -140,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
             "--features applies to ECGs only (texts have no encoder features); "
             "embed the texts in a separate call without --features"
         )
+    if args.color_by and not args.map:
+        raise ConfigError("--color-by colours the --map: add --map FILE.png")
+    if args.map and len(files) < 3:
+        raise ConfigError(f"--map needs at least 3 ECG files to project, got {len(files)}")
     if args.pooling != "avg" and not args.features:
         raise ConfigError(f"--pooling {args.pooling} reads out encoder features: add --features")
     loaded = load_model_dir(args.model, device=args.device)
@@ -166,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     emb = np.concatenate(parts)
     kinds = ["ecg"] * len(files) + ["text"] * len(texts)
     written = write_embeddings(out, emb, kinds, files + texts)
+    if args.map:
+        written.append(write_map(Path(args.map), emb[: len(files)], files, args.color_by))
     what = "features" if args.features else "embeddings"
     print(
         f"wrote {emb.shape[0]} {what} of dimension {emb.shape[1]} "

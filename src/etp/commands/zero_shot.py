@@ -30,9 +30,14 @@ EPILOG = (
     '  etp zero-shot --model runs/etp/model --labels "atrial fibrillation,normal ECG" \\\n'
     "      rec1.hea A0001.mat\n"
     "  etp zero-shot --model runs/etp/model --dataset ptbxl --languages en,de --synonyms 00001_lr\n"
+    "  etp zero-shot --model etp-ptbxl-mini --dataset cpsc2018 A0001.hea --plot out/\n"
     '  etp zero-shot --model runs/etp/model --labels "left bundle branch block,normal ECG" \\\n'
     "      --fs 500 --csv ecg.npy > probs.csv\n"
     "\n"
+    "Without prompt options (--template/--ensemble/--synonyms/--languages) a model directory's\n"
+    "zero-shot defaults apply (zero_shot.json: e.g. the shipped model's 'en synonyms via reports'\n"
+    "with stored class embeddings); --reports FILE alone keeps them and supplies the gallery,\n"
+    "whose embeddings are cached in ~/.cache/etp ($ETP_CACHE_DIR, $XDG_CACHE_HOME/etp).\n"
     "Class names and their German/Swedish phrasings for --dataset come from the prompt table\n"
     "(etp/resources/prompts.yaml; pass your own copy with --prompts FILE)."
 )
@@ -58,7 +63,7 @@ def add_prompt_arguments(p: argparse.ArgumentParser, reports_from_train: bool = 
     )
     g.add_argument(
         "--languages",
-        default="en",
+        default=None,
         metavar="LANGS",
         help="comma-separated languages of class names from the table (en,de,sv); default en",
     )
@@ -77,7 +82,7 @@ def prompt_options(args: argparse.Namespace) -> Any:
     """:class:`PromptOptions` from the parsed prompt arguments."""
     from etp.eval.zero_shot import PromptOptions, check_template
 
-    langs = tuple(s.strip() for s in (args.languages or "").split(",") if s.strip())
+    langs = tuple(s.strip() for s in (args.languages or "en").split(",") if s.strip())
     if not langs:
         raise ConfigError("--languages: give at least one language, e.g. en or en,de")
     templates = None
@@ -124,17 +129,24 @@ def read_reports(path: str | Path) -> list[str]:
 
 
 def parse_labels(text: str | None) -> list[str]:
-    """Comma-separated labels -> list; ConfigError when nothing is left."""
+    """Comma-separated labels -> list; ConfigError when nothing is left. Labels that differ only
+    in case or spacing are one label; a single label warns (its probability is always 1)."""
+    from etp.zero_shot_defaults import merge_labels
+
     labels = [s.strip() for s in (text or "").split(",") if s.strip()]
     if not labels:
         raise ConfigError(
             f"--labels: the label list is empty ({text!r}); give class names separated by commas, "
             'e.g. --labels "atrial fibrillation,normal ECG"'
         )
-    if len(set(labels)) != len(labels):
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        raise ConfigError(f"--labels: duplicate label(s) {dup}")
-    return labels
+    return merge_labels(labels, "--labels")
+
+
+def explicit_prompt_options(args: argparse.Namespace) -> Any:
+    """:class:`PromptOptions` when the user chose any prompt option, else None (the model's
+    zero-shot defaults apply; ``--reports`` alone keeps them and supplies the gallery)."""
+    chosen = args.template or args.ensemble or args.synonyms or args.languages is not None
+    return prompt_options(args) if chosen else None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -153,7 +165,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="FILE",
         help="ECG files: WFDB record (stem or .hea), CinC .mat+.hea, CPSC2018 .mat, .npy",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="trained model directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="trained model directory, or a shipped model's name (etp-ptbxl-mini)",
+    )
     p.add_argument(
         "--labels",
         metavar="LIST",
@@ -180,6 +197,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     out.add_argument("--json", action="store_true", help="print JSON")
     out.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--bf16", action="store_true", help="bfloat16 inference")
+    p.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="write one PNG per file to DIR: the 12-lead ECG on ECG paper (as the model sees it) "
+        "with the class probabilities beside it",
+    )
     add_views_argument(p)
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -190,17 +213,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 def resolve_classes(args: argparse.Namespace, table: Any) -> tuple[list[str], str | None]:
     """(labels, dataset or None) from --labels / --dataset."""
     if args.dataset:
+        from etp.zero_shot_defaults import label_key
+
         classes = table.classes(args.dataset)
         if args.labels is None:
             return classes, args.dataset
         wanted = parse_labels(args.labels)
-        unknown = [w for w in wanted if w not in classes]
+        by_key = {label_key(c): c for c in classes}
+        unknown = [w for w in wanted if label_key(w) not in by_key]
         if unknown:
             raise ConfigError(
                 f"--labels {unknown} are not classes of {args.dataset} in {table.source} "
                 f"(its classes: {', '.join(classes)})"
             )
-        return wanted, args.dataset
+        return [by_key[label_key(w)] for w in wanted], args.dataset
     if args.labels is None:
         raise ConfigError('give --labels "name 1,name 2,..." or --dataset NAME')
     return parse_labels(args.labels), None
@@ -252,7 +278,8 @@ def format_output(
 def run(args: argparse.Namespace) -> int:
     """Run ``etp zero-shot``."""
     from etp.eval.features import embed_arrays, model_preprocess_config, read_ecg_files
-    from etp.eval.zero_shot import ReportGallery, load_prompt_table, zero_shot_classify
+    from etp.eval.zero_shot import load_prompt_table, zero_shot_scores
+    from etp.zero_shot_defaults import resolve_zero_shot
 
     if args.fs is not None and not args.fs > 0:
         raise ConfigError(f"--fs must be a positive sampling rate in Hz, got {args.fs}")
@@ -260,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     table = load_prompt_table(args.prompts)
     labels, dataset = resolve_classes(args, table)
-    options = prompt_options(args)
+    options = explicit_prompt_options(args)
     reports = read_reports(args.reports) if args.reports is not None else None
     loaded = load_text_model(args.model, device=args.device)
     apply_views(loaded, args)
@@ -268,20 +295,21 @@ def run(args: argparse.Namespace) -> int:
     x = read_ecg_files(list(args.files), pcfg, fs=args.fs, pad=args.pad)
     emb = embed_arrays(loaded, x, "embedding", batch_size=args.batch_size, bf16=args.bf16)
     scale = float(loaded.model.scale().detach())
-    gallery = ReportGallery(reports, loaded.embed_texts_frozen) if reports is not None else None
-    pred = zero_shot_classify(
-        emb, labels, loaded.embed_texts, scale, dataset, table, options, gallery
-    )
+    resolved = resolve_zero_shot(loaded, labels, dataset, table, options, reports)
+    _, probs = zero_shot_scores(emb, resolved.class_emb, scale)
+    pred = probs.argmax(axis=1)
     kind = "json" if args.json else "csv" if args.csv else "table"
-    print(
-        format_output(
-            [str(f) for f in args.files], labels, pred.probabilities, pred.predictions, kind
-        )
-    )
+    files = [str(f) for f in args.files]
+    print(format_output(files, labels, probs, pred, kind))
+    if args.plot:
+        from etp.eval.ecg_plot import plot_prediction_files
+
+        written = plot_prediction_files(args.plot, files, x, pcfg.fs, labels, probs)
+        print(f"wrote {len(written)} plot(s) to {args.plot}", file=sys.stderr)
     if kind == "table":
+        first = resolved.prompts[labels[0]][0]
         print(
-            f"\n(prompts: {pred.options.describe()}; e.g. {pred.prompts[labels[0]][0]!r}; "
-            f"logit scale {scale:.1f})",
+            f"\n(prompts: {resolved.description}; e.g. {first!r}; logit scale {scale:.1f})",
             file=sys.stderr,
         )
     return 0

@@ -250,8 +250,7 @@ def read_ecg_file(
     rate), else a :class:`~etp.errors.DataError` asks for ``--fs``. A record shorter than the
     model's input is an error naming the file unless ``pad`` (zero-padding, as in training).
     """
-    from etp.data.signal import preprocess
-    from etp.data.signal_io import check_amplitude, read_signal_file
+    from etp.data.signal_io import read_signal_file
     from etp.errors import DataError
 
     p = Path(path)
@@ -284,16 +283,33 @@ def read_ecg_file(
         )
     else:
         sig, rate = read_signal_file(p, fs=fs)
+    return preprocess_signal(sig, rate, pcfg, str(p), pad=pad)
+
+
+def preprocess_signal(
+    sig: np.ndarray, rate: float, pcfg: Any, where: str, pad: bool = False,
+    pad_hint: str = "pass --pad",
+) -> np.ndarray:
+    """A raw (12, N) mV signal at ``rate`` Hz -> the model's (12, L) input (``pcfg``).
+
+    A record shorter than the model's input is a :class:`~etp.errors.DataError` naming
+    ``where`` unless ``pad`` (zero-padding, as in training).
+    """
+    from etp.data.signal import preprocess
+    from etp.data.signal_io import check_amplitude
+    from etp.errors import DataError
+
     duration = sig.shape[1] / rate
     # one sample of slack: 10 s at 500 Hz -> 100 Hz may differ by rounding
     if not pad and duration < pcfg.length_s - 1.0 / min(rate, pcfg.fs) - 1e-9:
         raise DataError(
-            f"{p}: the record is {duration:.2f} s long, shorter than the model's "
-            f"{pcfg.length_s:g}-s input; pass --pad to zero-pad it (as training pads short records)"
+            f"{where}: the record is {duration:.2f} s long, shorter than the model's "
+            f"{pcfg.length_s:g}-s input; {pad_hint} to zero-pad it (as training pads short "
+            "records)"
         )
-    for warning in check_amplitude(sig, str(p)):  # absurd or all-flat signals raise
+    for warning in check_amplitude(sig, where):  # absurd or all-flat signals raise
         log.warning("%s", warning)
-    return preprocess(sig, rate, pcfg, record_id=str(p))
+    return preprocess(sig, rate, pcfg, record_id=where)
 
 
 def read_ecg_files(

@@ -251,9 +251,14 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> "LoadedModel":
     """Load a directory written by :func:`save_model_dir`; strict: ModelError on any mismatch."""
     from safetensors.torch import load_file
 
-    p = Path(path)
+    from etp.pretrained import resolve_model, shipped_models
+
+    p = resolve_model(path)
     if not p.exists():
-        raise ModelError(f"model directory not found: {p}")
+        raise ModelError(
+            f"model directory not found: {p} (or the name of a shipped model: "
+            f"{', '.join(shipped_models())})"
+        )
     if not p.is_dir():
         raise ModelError(f"{p} is not a model directory (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
     meta = _read_meta(p)
@@ -288,6 +293,19 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> "LoadedModel":
         path=p,
         meta=meta,
     )
+
+
+#: text lists with at least this many distinct texts (report galleries) are cached by content in
+#: the user cache (:func:`etp.zero_shot_defaults.user_cache_dir`) when no cache_dir is given
+LARGE_TEXTS = 1000
+
+
+def _text_cache(texts: Sequence[str], cache_dir: str | Path | None) -> str | Path | None:
+    if cache_dir is not None or len(set(texts)) < LARGE_TEXTS:
+        return cache_dir
+    from etp.zero_shot_defaults import user_cache_dir
+
+    return user_cache_dir()
 
 
 class LoadedModel:
@@ -338,7 +356,42 @@ class LoadedModel:
         leads = self.config.in_leads
         if x.ndim != 3 or x.shape[1] != leads or x.shape[2] < 1:
             raise DataError(f"expected ECGs of shape (B, {leads}, L), got {x.shape}")
+        from etp.api import check_input_length
+
+        check_input_length(self, x)
         return x
+
+    @property
+    def zero_shot_defaults(self) -> Any:
+        """The directory's zero-shot defaults (:mod:`etp.zero_shot_defaults`), or None."""
+        if not hasattr(self, "_zero_shot_defaults"):
+            from etp.zero_shot_defaults import read_defaults
+
+            self._zero_shot_defaults = read_defaults(self.path)
+        return self._zero_shot_defaults
+
+    def preprocess(self, signal: Any, fs: float | None = None, pad: bool = False) -> np.ndarray:
+        """A raw ECG (:class:`etp.api.ECGSignal`, or a (12, N) mV array with ``fs``) -> the
+        (12, L) input this model expects (:func:`etp.api.preprocess`)."""
+        from etp.api import preprocess
+
+        return preprocess(signal, self, fs=fs, pad=pad)
+
+    def predict(
+        self, inputs: Any, labels: Sequence[str] | None = None, fs: float | None = None,
+        dataset: str | None = None, pad: bool = False, reports: Sequence[str] | None = None,
+    ) -> Any:
+        """Zero-shot probabilities of files, signals or arrays as a DataFrame
+        (:func:`etp.api.predict`); default classes: the model's default dataset's."""
+        from etp.api import predict
+
+        return predict(self, inputs, labels, fs=fs, dataset=dataset, pad=pad, reports=reports)
+
+    def embed(self, inputs: Any, fs: float | None = None, pad: bool = False) -> np.ndarray:
+        """ECG embeddings of files, signals or arrays (:func:`etp.api.embed`)."""
+        from etp.api import embed
+
+        return embed(self, inputs, fs=fs, pad=pad)
 
     @torch.no_grad()
     def _run(
@@ -418,7 +471,7 @@ class LoadedModel:
 
         texts = self.prepare_texts(check_texts(texts))
         encoder = self.text_encoder()
-        unique, index = embed_texts(texts, encoder, cache_dir)
+        unique, index = embed_texts(texts, encoder, _text_cache(texts, cache_dir))
         t = torch.from_numpy(unique).to(self.device)
         emb = self.model.embed_text(t).float().cpu().numpy()
         return emb[index]
@@ -434,7 +487,7 @@ class LoadedModel:
         from etp.text.encoder import check_texts
 
         texts = self.prepare_texts(check_texts(texts))
-        unique, index = embed_texts(texts, self.text_encoder(), cache_dir)
+        unique, index = embed_texts(texts, self.text_encoder(), _text_cache(texts, cache_dir))
         emb = np.asarray(unique, dtype=np.float32)[index]
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
