@@ -189,7 +189,8 @@ def test_etp_run_writes_a_loadable_model_and_logs(etp_run: dict, cache: Path) ->
     assert not (cache / "text_emb").exists()
     # the model directory records its objective and whether it trained on crops
     objective = json.loads((model_dir / "config.json").read_text())["extra"]["objective"]
-    assert objective == {"name": "etp", "options": {"augment": False}, "trained_on_crops": False}
+    assert objective == {"name": "etp", "options": {"augment": False}, "trained_on_crops": False,
+                         "trains_ecg_head": True}
     # embeddings of ECG and text come out normalised
     x = prepared.get_batch([0, 1])
     assert np.allclose(np.linalg.norm(loaded.embed_ecg(x), axis=1), 1.0, atol=1e-4)
