@@ -228,6 +228,11 @@ class _Run:
         from etp.models.etp import ETPModel
 
         t = self.cfg.train
+        if self.device.type == "cpu" and t.precision == "bf16" and not _cpu_has_bf16():
+            log.warning(
+                "this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16 autocast is "
+                "emulated and can be many times slower than fp32; set train.precision=fp32"
+            )
         seed_everything(t.seed)
         model = ETPModel(
             self.cfg.model, text_dim=self.text_dim if self.objective_cls.text_head else None,
@@ -611,6 +616,14 @@ class _Run:
                 )
             pos.epoch, pos.batch = epoch + 1, 0
             self._save_checkpoint(pos)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (else bf16 autocast is emulated)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the query: assume it does
+        return True
 
 
 class _StateView:
