@@ -9,18 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from etp import objectives
-from etp.cli import main
 from etp.config import ModelConfig, PretrainConfig, TrainConfig, load_config
 from etp.data.cache import load_prepared
 from etp.errors import ConfigError
 from etp.models.etp import ETPModel, load_model_dir
 from etp.objectives.base import Batch, RunContext
 from etp.objectives.byol import byol_loss, regression_loss, target_tau
-from etp.train import checkpoint as ckpt
 from etp.train import loop
+from resume_check import assert_resume_is_exact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -171,10 +169,6 @@ def test_shipped_config_has_the_paper_settings_and_runs_the_checks() -> None:
 # -- a short run through `etp pretrain`, cut and resumed --------------------------------------
 
 
-class _Crash(Exception):
-    pass
-
-
 def _args(cache: Path, out: Path) -> list[str]:
     small = [f"objective.{k}={v}" for k, v in SMALL.items()]
     return [
@@ -188,35 +182,15 @@ def _args(cache: Path, out: Path) -> list[str]:
 def test_byol_trains_through_pretrain_and_resumes_the_target_exactly(
     ptbxl_sample_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(_args(ptbxl_sample_cache, tmp_path / "full")) == 0
-    full = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    full, _ = assert_resume_is_exact(
+        lambda out: _args(ptbxl_sample_cache, out), tmp_path, monkeypatch, crash_step=3
+    )  # mid-epoch 2 (2 steps per epoch)
     own = full["objective"]
     prefixes = {k.split(".")[0] for k in own}
     assert prefixes == {"projector", "predictor", "target_encoder", "target_projector"}
     # the target is the moving average, not the online network itself
     online = full["model"]
     assert not torch.equal(own["target_encoder.conv1.weight"], online["encoder.conv1.weight"])
-
-    original = loop._Run._save_checkpoint
-
-    def crash_after(self, pos):  # type: ignore[no-untyped-def]
-        original(self, pos)
-        if pos.step == 3:  # mid-epoch 2 (2 steps per epoch)
-            raise _Crash
-
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", crash_after)
-    with pytest.raises(_Crash):
-        main(_args(ptbxl_sample_cache, tmp_path / "cut"))
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", original)
-    assert main(_args(ptbxl_sample_cache, tmp_path / "cut") + ["--resume"]) == 0
-
-    cut = ckpt.load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
-    assert set(cut["objective"]) == set(own)
-    for k, v in own.items():
-        assert torch.equal(v, cut["objective"][k]), k
-    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
     loaded = load_model_dir(tmp_path / "full" / "model")
     assert loaded.method == "byol" and not loaded.has_text

@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from etp import objectives
 from etp.cli import main
 from etp.errors import ConfigError, TrainingError
 from etp.losses.clocs import PatientContrastiveLoss
 from etp.objectives.clocs import lead_indices, lead_views, segment_views
-from etp.train import checkpoint as ckpt
-from etp.train import loop
+from resume_check import assert_resume_is_exact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -176,10 +174,6 @@ def test_gradient_reaches_the_whole_encoder_and_head(variant: str) -> None:
 # -- short runs through `etp pretrain` ----------------------------------------------------------
 
 
-class _Crash(Exception):
-    pass
-
-
 def _args(cache: Path, out: Path, variant: str) -> list[str]:
     return [
         "pretrain", f"data.cache={cache}", f"train.out_dir={out}", "train.method=clocs",
@@ -222,26 +216,10 @@ def test_cmlc_trains_through_pretrain_on_the_records_patients(
 def test_cmsc_trains_and_resumes_exactly(
     ptbxl_sample_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(_args(ptbxl_sample_cache, tmp_path / "full", "cmsc")) == 0
-    original = loop._Run._save_checkpoint
-
-    def crash_after(self, pos):  # type: ignore[no-untyped-def]
-        original(self, pos)
-        if pos.step == 4:  # mid-epoch 2
-            raise _Crash
-
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", crash_after)
-    with pytest.raises(_Crash):
-        main(_args(ptbxl_sample_cache, tmp_path / "cut", "cmsc"))
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", original)
-    assert main(_args(ptbxl_sample_cache, tmp_path / "cut", "cmsc") + ["--resume"]) == 0
-
-    full = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    cut = ckpt.load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    full, cut = assert_resume_is_exact(
+        lambda out: _args(ptbxl_sample_cache, out, "cmsc"), tmp_path, monkeypatch, crash_step=4
+    )  # mid-epoch 2
     assert full["objective"] == {} == cut["objective"]  # CLOCS has no parts of its own
-    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # -- two processes (gloo): global negatives and patients matched across processes ---------------

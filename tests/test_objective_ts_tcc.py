@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from etp import objectives
-from etp.cli import main
 from etp.config import ModelConfig, PretrainConfig, TrainConfig, load_config
 from etp.data.cache import load_prepared
 from etp.errors import ConfigError
@@ -23,8 +21,7 @@ from etp.losses.simclr import NTXentLoss
 from etp.models.etp import ETPModel
 from etp.objectives.base import Batch, RunContext
 from etp.objectives.ts_tcc import TemporalContrast, TSTCCOptions, jitter, permute_segments, scale
-from etp.train import checkpoint as ckpt
-from etp.train import loop
+from resume_check import assert_resume_is_exact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -184,10 +181,6 @@ def test_options_and_shipped_config() -> None:
 # -- a short run through `etp pretrain` -------------------------------------------------------
 
 
-class _Crash(Exception):
-    pass
-
-
 def _args(cache: Path, out: Path) -> list[str]:
     return [
         "pretrain", f"data.cache={cache}", f"train.out_dir={out}", "train.method=ts-tcc",
@@ -202,27 +195,8 @@ def _args(cache: Path, out: Path) -> list[str]:
 def test_ts_tcc_trains_and_resumes_exactly_mid_run(
     ptbxl_sample_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(_args(ptbxl_sample_cache, tmp_path / "full")) == 0
-    full = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    full, _ = assert_resume_is_exact(
+        lambda out: _args(ptbxl_sample_cache, out), tmp_path, monkeypatch, crash_step=4
+    )  # mid-epoch 2
     parts = {k.split(".")[1] for k in full["objective"]}
     assert parts == {"context", "predictors", "projection"}
-
-    original = loop._Run._save_checkpoint
-
-    def crash_after(self, pos):  # type: ignore[no-untyped-def]
-        original(self, pos)
-        if pos.step == 4:  # mid-epoch 2
-            raise _Crash
-
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", crash_after)
-    with pytest.raises(_Crash):
-        main(_args(ptbxl_sample_cache, tmp_path / "cut"))
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", original)
-    assert main(_args(ptbxl_sample_cache, tmp_path / "cut") + ["--resume"]) == 0
-
-    cut = ckpt.load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
-    for k, v in full["objective"].items():
-        assert torch.equal(v, cut["objective"][k]), k
-    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from etp import objectives
@@ -17,8 +16,8 @@ from etp.cli import main
 from etp.config import config_field
 from etp.errors import ConfigError
 from etp.objectives.base import Objective
-from etp.train import checkpoint as ckpt
 from etp.train import loop
+from resume_check import assert_resume_is_exact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -88,10 +87,6 @@ def tiny_registered():
     objectives.unregister(TinyObjective.name)
 
 
-class _Crash(Exception):
-    pass
-
-
 def _args(cache: Path, out: Path) -> list[str]:
     return [
         "pretrain", f"data.cache={cache}", f"train.out_dir={out}", "train.method=tiny-test",
@@ -104,31 +99,11 @@ def _args(cache: Path, out: Path) -> list[str]:
 def test_a_registered_objective_trains_checkpoints_and_resumes_exactly(
     tiny_registered: type, ptbxl_sample_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(_args(ptbxl_sample_cache, tmp_path / "full")) == 0
-    payload = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    assert set(payload["objective"]) == {"predictor.weight", "predictor.bias", "updates"}
-    assert int(payload["objective"]["updates"]) == 6  # 12 records / batch 4 x 2 epochs
-
-    original = loop._Run._save_checkpoint
-
-    def crash_after(self, pos):  # type: ignore[no-untyped-def]
-        original(self, pos)
-        if pos.step == 4:  # mid-epoch 2
-            raise _Crash
-
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", crash_after)
-    with pytest.raises(_Crash):
-        main(_args(ptbxl_sample_cache, tmp_path / "cut"))
-    monkeypatch.setattr(loop._Run, "_save_checkpoint", original)
-    assert main(_args(ptbxl_sample_cache, tmp_path / "cut") + ["--resume"]) == 0
-
-    full = ckpt.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    cut = ckpt.load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
-    for k, v in full["objective"].items():
-        assert torch.equal(v, cut["objective"][k]), k
-    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    full, _ = assert_resume_is_exact(
+        lambda out: _args(ptbxl_sample_cache, out), tmp_path, monkeypatch, crash_step=4
+    )
+    assert set(full["objective"]) == {"predictor.weight", "predictor.bias", "updates"}
+    assert int(full["objective"]["updates"]) == 6  # 12 records / batch 4 x 2 epochs
     # a resume that lost the objective's own parts is refused, not silently re-initialised
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path / "cut", broken)
