@@ -32,7 +32,8 @@ def test_shipped_configs_are_valid() -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("methods=[etp,byol]", "methods"),
+        ("methods=[etp,nosuch]", "methods: 'nosuch' is not a registered objective"),
+        ("min_class_records_for_ci=0", "min_class_records_for_ci: 0 must be at least 1"),
         ("seeds=[]", "seeds"),
         ("model_choice=first", "model_choice"),
         ("probe.label_fractions=[0.0]", "label_fractions"),

@@ -66,7 +66,16 @@ class BenchmarkConfig:
     prompts: str | None = _f(None, "prompt table YAML (default: the packaged one)")
     retrieval: bool = _f(True, "ECG<->report Recall@K on each test fold")
     transfer: dict[str, TransferTarget] = _f({}, "other datasets evaluated with these models")
-    bootstrap: int = _f(1000, "bootstrap resamples for the 95 % confidence intervals")
+    bootstrap: int = _f(
+        1000,
+        "bootstrap resamples for the 95 % confidence intervals (stratified by class: every "
+        "resample keeps each class's count of test records)",
+    )
+    min_class_records_for_ci: int = _f(
+        5,
+        "a per-class CI is reported as not estimable (n/e) when the class has fewer test "
+        "records than this",
+    )
     precision: str = _f("bf16", "feature extraction precision: bf16 or fp32")
     views: str | int = _f(
         "auto",
@@ -115,6 +124,10 @@ def validate(cfg: BenchmarkConfig) -> None:
             )
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is needed")
+    if cfg.min_class_records_for_ci < 1:
+        raise ConfigError(
+            f"min_class_records_for_ci: {cfg.min_class_records_for_ci} must be at least 1"
+        )
     if cfg.model_choice not in ("best", "last"):
         raise ConfigError(f"model_choice: {cfg.model_choice!r} is not 'best' or 'last'")
     if cfg.precision not in ("bf16", "fp32"):

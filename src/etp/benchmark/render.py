@@ -100,8 +100,10 @@ def render_markdown(
         )
     lines += [
         "",
-        "Cells: mean ± std over seeds [bootstrap 95 % CI of the seed mean, records resampled], "
-        "in percent; the paper's numbers beside ours.",
+        "Cells: mean ± std over seeds [bootstrap 95 % CI of the seed mean, records resampled "
+        "within each class, so every resample keeps each class's count of test records], in "
+        "percent; the paper's numbers beside ours. A per-class CI is n/e (not estimable) where "
+        f"the class has fewer than {cfg.min_class_records_for_ci} test records.",
         "",
     ]
     datasets = [dataset] + list(cfg.transfer)

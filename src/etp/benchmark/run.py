@@ -144,7 +144,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
         "name": cfg.name,
         "records_used": {dataset: _records_used(prepared, summary)},
         "rotations": [asdict(r) for r in rots],
-        dataset: pool_outputs(outputs, classes, cfg.bootstrap),
+        dataset: pool_outputs(outputs, classes, cfg.bootstrap, cfg.min_class_records_for_ci),
         "seconds": {},
     }
     internals = {dataset: {k: results[dataset].pop(k, None) for k in ("y", "ids", "_probs")}}
@@ -175,7 +175,9 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
                 )
                 t_out.setdefault(method, {}).setdefault(seed, []).append(res)
         results["records_used"][tname] = _records_used(t_prepared, t_summary)
-        results[tname] = pool_outputs(t_out, t_classes, cfg.bootstrap)
+        results[tname] = pool_outputs(
+            t_out, t_classes, cfg.bootstrap, cfg.min_class_records_for_ci
+        )
         results[tname]["models_from_test_fold"] = t_fold
         internals[tname] = {k: results[tname].pop(k, None) for k in ("y", "ids", "_probs")}
 

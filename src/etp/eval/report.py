@@ -125,6 +125,8 @@ def with_ci(
         elif key != "n" and _finite(value) and not isinstance(value, bool):
             ci = (cis or {}).get(name)
             out[key] = stat(float(value), None, ci)
+            if cis and name in cis and ci is None:  # too few records of the class
+                out[key]["ci_estimable"] = False
         else:
             out[key] = value
     return out
@@ -167,7 +169,9 @@ def _finite(x: Any) -> bool:
 
 
 def format_stat(value: Any, scale: float = 100.0, digits: int = 1) -> str:
-    """``0.835`` -> ``83.5``; a stat -> ``83.5 ± 1.2 [81.0, 85.9]``; missing/NaN -> ``–``."""
+    """``0.835`` -> ``83.5``; a stat -> ``83.5 ± 1.2 [81.0, 85.9]``; missing/NaN -> ``–``; a stat
+    whose CI is not estimable (``"ci_estimable": False``: too few records of its class) ->
+    ``83.5 ± 1.2 [n/e]``."""
     if value is None:
         return "–"
     if isinstance(value, Mapping):
@@ -181,6 +185,8 @@ def format_stat(value: Any, scale: float = 100.0, digits: int = 1) -> str:
         ci = value.get("ci")
         if ci is not None and len(ci) == 2 and all(_finite(c) for c in ci):
             text += f" [{float(ci[0]) * scale:.{digits}f}, {float(ci[1]) * scale:.{digits}f}]"
+        elif value.get("ci_estimable") is False:
+            text += " [n/e]"
         return text
     if not _finite(value):
         return "–"
