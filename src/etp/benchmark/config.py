@@ -49,6 +49,13 @@ class BenchmarkConfig:
     )
     rotate_folds: bool = _f(False, "every fold is the test fold once; pooled out-of-fold")
     rotation_folds: list[int] | None = _f(None, "test folds of the rotation (default: all)")
+    dev_folds: list[int] = _f(
+        [],
+        "folds that development choices (pretraining recipe, probe protocol, prompt variants) "
+        "were scored or validated on; results report the pooled figures over all test folds "
+        "and over the clean ones (not in dev_folds), and benchmarks/dev_*.py refuse to score "
+        "any other fold",
+    )
     test_fold: int = _f(10, "test fold without rotation")
     val_fold: int = _f(9, "validation fold without rotation")
     model_choice: str = _f(
@@ -108,6 +115,23 @@ def load_benchmark_config(path: str | None, overrides: Sequence[str] = ()) -> Be
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return cfg
+
+
+def check_dev_folds(cfg: BenchmarkConfig, folds: Sequence[int], what: str, where: str) -> None:
+    """Refuse a development script's folds that are not declared development folds.
+
+    ``folds`` are the folds the script scores or validates on (``what`` says which, ``where``
+    names the config): every one must be in ``cfg.dev_folds``, or a development choice would
+    see records that the benchmark's clean figures are scored on.
+    """
+    clean = sorted({int(f) for f in folds} - set(cfg.dev_folds))
+    if clean:
+        raise ConfigError(
+            f"{what} {clean} not in dev_folds {sorted(cfg.dev_folds)} of {where}: these folds "
+            "are clean test folds of the benchmark, which no development choice may score; use "
+            "folds of dev_folds (or declare more in the config, which removes them from the clean "
+            "figures)"
+        )
 
 
 def validate(cfg: BenchmarkConfig) -> None:

@@ -122,6 +122,7 @@ def render_markdown(
             linear_probe_table(table1, datasets=tuple(datasets)),
             "",
         ]
+        lines += _clean_table1(cfg, results, dataset, full)
         fracs = [str(f) for f in cfg.probe.label_fractions]
         for ds in datasets:
             lp_all = results.get(ds, {}).get("linear_probe", {})
@@ -193,6 +194,19 @@ def render_markdown(
                     zero_shot_table(ds, table, classes=None),
                     "",
                 ]
+        clean_zs = (results.get(ds, {}).get("clean") or {}).get("zero_shot", {})
+        table = {m: _stat_cells(v["val-selected"]["stats"]) for m, v in clean_zs.items()
+                 if "val-selected" in v}
+        if table:
+            lines += [
+                f"## Table {number}, clean folds only (records no development choice has seen) "
+                f"— zero-shot, {ds}, prompt variant chosen on each rotation's validation fold",
+                "",
+                f"Pooled over {_clean_note(cfg, results, ds)}.",
+                "",
+                zero_shot_table(ds, table, classes=None),
+                "",
+            ]
         header = ["Method", "Variant", "val avg AUC (mean over rotations)", "test avg AUC", "test avg ACC", "test avg F1"]
         rows = []
         for method, v in zs.items():
@@ -224,6 +238,49 @@ def render_markdown(
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _clean_note(cfg: BenchmarkConfig, results: Mapping[str, Any], dataset: str) -> str:
+    """Which test folds are clean (no development choice has scored their records)."""
+    clean = results.get(dataset, {}).get("clean_test_folds")
+    if not cfg.dev_folds:
+        return "no development folds declared (dev_folds: []): the figures over all test folds"
+    if not clean:
+        return f"no clean test fold: every test fold is in dev_folds {sorted(cfg.dev_folds)}"
+    return (
+        f"test folds {clean} (dev_folds {sorted(cfg.dev_folds)}, on which development choices "
+        "were scored or validated, left out)"
+    )
+
+
+def _clean_table1(
+    cfg: BenchmarkConfig, results: Mapping[str, Any], dataset: str, full: str
+) -> list[str]:
+    """Table 1 over the clean test folds only (records no development choice has seen)."""
+    from etp.eval.report import linear_probe_table
+
+    pooled = results.get(dataset, {})
+    clean = pooled.get("clean")
+    folds = pooled.get("clean_test_folds")
+    title = f"### Table 1, clean folds only (records no development choice has seen) — {dataset}"
+    if clean is None:
+        if cfg.dev_folds and folds:  # every test fold is clean: the table above is the clean one
+            return [title, "", f"Every test fold is clean ({_clean_note(cfg, results, dataset)}): "
+                    "Table 1 above is the clean table.", ""]
+        return [title, "", _clean_note(cfg, results, dataset) + ".", ""] if cfg.dev_folds else []
+    table = {
+        method: {dataset: _stat_cells(per_frac[full]["stats"])}
+        for method, per_frac in clean.get("linear_probe", {}).items()
+        if full in per_frac
+    }
+    return [
+        title,
+        "",
+        f"Pooled over {_clean_note(cfg, results, dataset)}; {clean.get('n_test')} test records.",
+        "",
+        linear_probe_table(table, datasets=(dataset,)),
+        "",
+    ]
 
 
 def _file_part(name: str) -> str:
@@ -296,8 +353,13 @@ def _comparison_lines(results: Mapping[str, Any], datasets: Sequence[str]) -> li
     from etp.eval.report import markdown_table, method_label
 
     rows = []
+    sources = [(ds, results.get(ds, {})) for ds in datasets]
     for ds in datasets:
-        for method, cmp in (results.get(ds, {}).get("comparisons") or {}).items():
+        clean = results.get(ds, {}).get("clean")
+        if clean:
+            sources.append((f"{ds}, clean folds {results[ds].get('clean_test_folds')}", clean))
+    for ds, pooled in sources:
+        for method, cmp in (pooled.get("comparisons") or {}).items():
             for task, label, keys in (
                 ("linear_probe", "linear probe", ("auc", "f1")),
                 ("zero_shot", "zero-shot (val-selected)", ("average.auc", "average.f1")),
