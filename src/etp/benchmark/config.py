@@ -68,7 +68,10 @@ class BenchmarkConfig:
     zero_shot_default: str = _f(
         "",
         "name of the shipped prompt variant (one fixed choice for every rotation, made on "
-        "validation folds beforehand), reported in its own table beside the per-rotation choice",
+        "every rotation's validation fold beforehand), reported in its own table labelled "
+        "'fixed; chosen on all rotations' validation folds'; the headline zero-shot figures "
+        "and paired differences are the nested ones (variant chosen per rotation on its own "
+        "validation fold)",
     )
     prompts: str | None = _f(None, "prompt table YAML (default: the packaged one)")
     retrieval: bool = _f(True, "ECG<->report Recall@K on each test fold")

@@ -279,7 +279,9 @@ def compare_with_etp(
     classes: list[str],
     n_boot: int,
 ) -> dict[str, dict[str, Any]]:
-    """ETP minus each baseline: probe (full labels) AUC/F1, zero-shot (val-selected) AUC/F1."""
+    """ETP minus each baseline: probe (full labels) AUC/F1, zero-shot AUC/F1 of the nested choice
+    (``val-selected``: the variant chosen on each rotation's own validation fold). "ETP" is the
+    method ``etp`` (the tuned recipe); other ETP settings, e.g. ``etp-paper``, are baselines here."""
     out: dict[str, dict[str, Any]] = {}
     etp = headline["etp"]
     for method, probs in headline.items():
