@@ -84,6 +84,29 @@ def test_pretrain_config_excludes_the_test_fold() -> None:
     assert pc.train.augment  # the per-method section was merged
 
 
+def test_paper_settings_etp_is_a_method_with_the_papers_settings() -> None:
+    from etp.eval.report import method_label
+
+    cfg = load_benchmark_config(str(REPO / "configs" / "benchmark-ptbxl.yaml"))
+    assert "etp-paper" in cfg.methods and "etp" in cfg.methods
+    rot = Rotation(4, 3, [1, 2, 5, 6, 7, 8, 9, 10])
+    paper = pretrain_config(cfg, "etp-paper", 0, rot, "out", "c")
+    tuned = pretrain_config(cfg, "etp", 0, rot, "out", "c")
+    assert paper.train.method == "etp" and paper.train.ema_decay == 0.0
+    assert paper.model.report_translation == "none" and tuned.model.report_translation == "builtin"
+    assert tuned.train.ema_decay == 0.95
+    assert paper.objective == {"augment": False} and tuned.objective == {"augment": True}
+    # the per-method model section overrides one key; the shared model settings stay
+    assert paper.model.text_model == tuned.model.text_model and paper.model.embed_dim == 512
+    assert paper.data.exclude_folds == [4]
+    assert method_label("etp-paper") == "ETP (paper settings)"
+    labels = [method_label(m) for m in ("byol", "simsiam", "cpc", "ts-tcc", "clocs", "random")]
+    assert labels == ["BYOL", "SimSiam", "CPC", "TS-TCC", "CLOCS", "Random init"]
+    from etp.eval.report import PAPER_TABLE1
+
+    assert set(labels) <= set(PAPER_TABLE1)  # each of our rows pairs with the paper's
+
+
 def test_pooled_stats_mean_std_and_ci() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)
@@ -156,7 +179,8 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     chosen = results["ptbxl"]["selection"]["etp"]["1.0"][0]
     assert chosen["best_epochs"] == [0] and "history" not in chosen  # curves not stored
     assert chosen["selected_on"] in ("cv", "val") and chosen["weight_decay"] in (1.0, 0.01)
-    assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
+    assert "ETP (tuned recipe) against the baselines — paired differences" in md
+    assert "ETP (tuned recipe) − Random init" in md
     # the quick start's ETP trains on crops, so it is scored on its three views; random init not
     assert results["ptbxl"]["views"] == {"etp": ["3x0.75"], "random": ["1"]}
     assert "- test-time views: ETP 3x0.75; Random init 1" in md

@@ -80,7 +80,17 @@ PAPER_ZERO_SHOT: dict[str, dict[str, dict[str, dict[str, float]]]] = {
 }
 
 #: etp method keys -> the paper's method names
-METHOD_LABELS: dict[str, str] = {"etp": "ETP", "simclr": "SimCLR", "random": "Random init"}
+METHOD_LABELS: dict[str, str] = {
+    "etp": "ETP",
+    "etp-paper": "ETP (paper settings)",
+    "simclr": "SimCLR",
+    "random": "Random init",
+    "byol": "BYOL",
+    "simsiam": "SimSiam",
+    "cpc": "CPC",
+    "ts-tcc": "TS-TCC",
+    "clocs": "CLOCS",
+}
 DATASET_LABELS: dict[str, str] = {"ptbxl": "PTB-XL", "cpsc2018": "CPSC2018"}
 
 
