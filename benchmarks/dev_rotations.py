@@ -25,6 +25,10 @@ did). Models are kept under ``--work/NAME`` and reused. One line per run is appe
 
     python benchmarks/dev_rotations.py NAME [key=value ...] [--root ../shared/data/ptb-xl]
     python benchmarks/dev_rotations.py shipped train.etp_augment=true model.report_translation=builtin
+
+The folds it scores and validates on must be declared development folds (``dev_folds``) of the
+benchmark config given by ``--config``: a rotation on a clean test fold of the benchmark is
+refused with one error line before anything is read.
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 ROTATIONS = ((9, 8), (8, 7), (7, 6))  # (test fold, validation fold); fold 10 never read
+
+
+def _rotations(text: str) -> list[tuple[int, int]]:
+    """``"9/8,8/7"`` -> ``[(9, 8), (8, 7)]`` (test fold / validation fold)."""
+    out = []
+    for part in text.split(","):
+        test, sep, val = part.strip().partition("/")
+        if not sep or not test.isdigit() or not val.isdigit():
+            raise SystemExit(
+                f"dev_rotations.py: error: --rotations: {part!r} is not TEST/VAL (e.g. 9/8)"
+            )
+        out.append((int(test), int(val)))
+    return out
 VARIANTS = {
     "en": {},
     "en syn": {"synonyms": True},
@@ -70,11 +87,34 @@ def main(argv: list[str] | None = None) -> int:
         help="lp shipped: encoder readouts the probe chooses among on the validation fold "
         "(comma-separated, etp.models.resnet1d.POOLINGS; the benchmark config's probe.pooling)",
     )
+    ap.add_argument(
+        "--rotations",
+        default=",".join(f"{t}/{v}" for t, v in ROTATIONS),
+        help="TEST/VAL fold pairs, comma-separated; every fold must be in the config's dev_folds",
+    )
+    ap.add_argument(
+        "--config",
+        default=str(REPO / "configs" / "benchmark-ptbxl.yaml"),
+        help="the benchmark config whose dev_folds bound the folds scored and validated on",
+    )
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ptb-xl"))
     ap.add_argument("--work", default=str(REPO / "runs" / "dev-rotations"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dev_rotations.jsonl"))
     args = ap.parse_intermixed_args(argv)  # options may follow the overrides
     logging.basicConfig(level=logging.WARNING)
+    from etp.benchmark import check_dev_folds, load_benchmark_config
+    from etp.errors import EtpError
+
+    rots = _rotations(args.rotations)
+    try:
+        check_dev_folds(
+            load_benchmark_config(args.config),
+            [f for pair in rots for f in pair],
+            "--rotations: test/validation fold(s)",
+            args.config,
+        )
+    except EtpError as exc:
+        raise SystemExit(f"dev_rotations.py: error: {exc}") from None
 
     from etp.config import PretrainConfig, load_config
     from etp.data.cache import load_prepared
@@ -100,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     pooled: dict[str, list[np.ndarray]] = {"y": []}
     seconds = 0.0
     chosen_readouts: list[str] = []
-    for test, val in ROTATIONS:
+    for test, val in rots:
         train = [f for f in range(1, 10) if f not in (test, val)]
         out = work / args.name / f"test{test}"
         if not (out / "model" / "config.json").is_file():

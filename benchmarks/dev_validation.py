@@ -4,7 +4,9 @@ The models of ``etp benchmark --config configs/benchmark-ptbxl.yaml`` (one per m
 rotation, under its ``work_dir``) are reused (random-init models, which are only seeded
 initialisations, are made as the benchmark makes them when missing); nothing is pretrained and no
 rotation's test fold is read: every figure comes from the rotations' *validation* folds, pooled
-over rotations.
+over rotations. Only validation folds declared in the config's ``dev_folds`` are scored (by
+default all of them; ``--val-folds`` picks some): any other fold is a clean test fold of the
+benchmark and is refused with one error line.
 
 ``probe``: linear-probe settings. The probe chooses its epoch and weight decay on validation, so
 scoring it on the same records would flatter the more flexible setting; each validation fold is
@@ -65,12 +67,31 @@ MORE_VARIANTS = (
 )
 
 
-def _setup(config: str) -> tuple[Any, Any, list[Any], list[str], Path]:
-    from etp.benchmark import load_benchmark_config, prepare, rotations
+def _checked(config: str, val_folds: str) -> tuple[Any, set[int]]:
+    """The benchmark config and the validation folds to score: ``--val-folds`` (each one a
+    declared development fold of the config, else one error line) or the config's dev_folds."""
+    from etp.benchmark import check_dev_folds, load_benchmark_config
+    from etp.errors import EtpError
 
-    cfg = load_benchmark_config(config)
+    try:
+        cfg = load_benchmark_config(config)
+        folds = {int(f) for f in val_folds.split(",")} if val_folds else set(cfg.dev_folds)
+        if not folds:
+            raise EtpError(f"{config} declares no dev_folds: no fold may be scored here")
+        check_dev_folds(cfg, sorted(folds), "--val-folds: validation fold(s)", config)
+    except (EtpError, ValueError) as exc:
+        raise SystemExit(f"dev_validation.py: error: {exc}") from None
+    return cfg, folds
+
+
+def _setup(config: str, val_folds: str) -> tuple[Any, Any, list[Any], list[str], Path]:
+    """Config, prepared data, the rotations validated on a development fold, classes, work."""
+    from etp.benchmark import prepare, rotations
+
+    cfg, folds = _checked(config, val_folds)
     prepared, _ = prepare(cfg.prepare)
     rots = rotations(cfg, prepared.meta["fold"].astype(int).unique().tolist())
+    rots = [r for r in rots if r.val in folds]
     return cfg, prepared, rots, list(prepared.classes), Path(cfg.work_dir)
 
 
@@ -96,7 +117,7 @@ def probe_part(args: argparse.Namespace) -> list[str]:
     from etp.eval.protocol import fold_split
     from etp.models.etp import load_model_dir
 
-    cfg, prepared, rots, classes, work = _setup(args.config)
+    cfg, prepared, rots, classes, work = _setup(args.config, args.val_folds)
     fits = []  # (solver label, {probe section overrides})
     for solver in args.solvers.split(","):
         if solver == "adam":
@@ -208,7 +229,7 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
     )
     from etp.models.etp import load_model_dir
 
-    cfg, prepared, rots, classes, work = _setup(args.config)
+    cfg, prepared, rots, classes, work = _setup(args.config, args.val_folds)
     if args.more:
         known = {v.name for v in cfg.zero_shot}
         cfg.zero_shot += [
@@ -218,12 +239,10 @@ def zero_shot_part(args: argparse.Namespace) -> list[str]:
         ]
     table = load_prompt_table(cfg.prompts)
     dataset = str(prepared.info.get("dataset"))
-    folds = {int(f) for f in args.val_folds.split(",")} if args.val_folds else None
+    folds = {r.val for r in rots}
     pooled: dict[tuple[int, str], tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for seed in cfg.seeds:
         for rot in rots:
-            if folds is not None and rot.val not in folds:
-                continue
             model = load_model_dir(obtain_model(cfg, "etp", seed, rot, prepared, work, build=False))
             split = fold_split(prepared, rot.train, rot.val, rot.test)
             y_val = prepared.label_index(split.val)
@@ -321,12 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--more", action="store_true", help="zero-shot: also score more report-prototype variants, and ECG prototypes for each"
     )
-    ap.add_argument("--val-folds", default="", help="zero-shot: only rotations validated on these")
+    ap.add_argument(
+        "--val-folds",
+        default="",
+        help="only rotations validated on these folds (default: the config's dev_folds; any "
+        "other fold is refused: it is a clean test fold of the benchmark)",
+    )
     ap.add_argument("--out", default=None, help="markdown output (default benchmarks/results/)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from etp.eval.report import machine_info
 
+    _checked(args.config, args.val_folds)  # refused before any data is read
     t0 = time.perf_counter()
     lines = probe_part(args) if args.part == "probe" else zero_shot_part(args)
     m = machine_info()

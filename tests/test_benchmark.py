@@ -32,7 +32,8 @@ def test_shipped_configs_are_valid() -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("methods=[etp,nope]", "methods: .nope. is not a registered objective"),
+        ("methods=[etp,nosuch]", "methods: 'nosuch' is not a registered objective"),
+        ("min_class_records_for_ci=0", "min_class_records_for_ci: 0 must be at least 1"),
         ("seeds=[]", "seeds"),
         ("model_choice=first", "model_choice"),
         ("probe.label_fractions=[0.0]", "label_fractions"),
@@ -81,6 +82,29 @@ def test_pretrain_config_excludes_the_test_fold() -> None:
     assert 4 not in pc.data.train_folds
     assert pc.train.method == "simclr" and pc.train.seed == 3 and pc.train.out_dir == "out"
     assert pc.train.augment  # the per-method section was merged
+
+
+def test_paper_settings_etp_is_a_method_with_the_papers_settings() -> None:
+    from etp.eval.report import method_label
+
+    cfg = load_benchmark_config(str(REPO / "configs" / "benchmark-ptbxl.yaml"))
+    assert "etp-paper" in cfg.methods and "etp" in cfg.methods
+    rot = Rotation(4, 3, [1, 2, 5, 6, 7, 8, 9, 10])
+    paper = pretrain_config(cfg, "etp-paper", 0, rot, "out", "c")
+    tuned = pretrain_config(cfg, "etp", 0, rot, "out", "c")
+    assert paper.train.method == "etp" and paper.train.ema_decay == 0.0
+    assert paper.model.report_translation == "none" and tuned.model.report_translation == "builtin"
+    assert tuned.train.ema_decay == 0.95
+    assert paper.objective == {"augment": False} and tuned.objective == {"augment": True}
+    # the per-method model section overrides one key; the shared model settings stay
+    assert paper.model.text_model == tuned.model.text_model and paper.model.embed_dim == 512
+    assert paper.data.exclude_folds == [4]
+    assert method_label("etp-paper") == "ETP (paper settings)"
+    labels = [method_label(m) for m in ("byol", "simsiam", "cpc", "ts-tcc", "clocs", "random")]
+    assert labels == ["BYOL", "SimSiam", "CPC", "TS-TCC", "CLOCS", "Random init"]
+    from etp.eval.report import PAPER_TABLE1
+
+    assert set(labels) <= set(PAPER_TABLE1)  # each of our rows pairs with the paper's
 
 
 def test_pooled_stats_mean_std_and_ci() -> None:
@@ -144,12 +168,19 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     block = md.split("### Linear probe per class — ptbxl")[1].split("###")[0]
     assert "| Category | test records | Method | AUC | F1 |" in block
     assert "| Macro |" in block and "| Random init |" in block
-    assert "## Table 2 — zero-shot, ptbxl, shipped prompt variant, fixed for every rotation (`en via reports`)" in md
-    assert "## Table 2 — zero-shot, ptbxl, prompt variant chosen on each rotation's validation fold" in md
+    assert "## Table 2 — zero-shot, ptbxl, shipped prompt variant (fixed; chosen on all " \
+        "rotations' validation folds) (`en via reports`)" in md
+    # the headline zero-shot table is the nested one, and comes first
+    nested = "## Table 2 — zero-shot, ptbxl, headline: prompt variant chosen on each rotation's " \
+        "validation fold only (nested) (`val-selected`)"
+    assert nested in md and md.index(nested) < md.index("## Table 2 — zero-shot, ptbxl, the paper")
+    assert "| en via reports (fixed; chosen on all rotations' validation folds) |" in md
+    assert "zero-shot (nested: variant chosen per rotation on its validation fold)" in md
     chosen = results["ptbxl"]["selection"]["etp"]["1.0"][0]
     assert chosen["best_epochs"] == [0] and "history" not in chosen  # curves not stored
     assert chosen["selected_on"] in ("cv", "val") and chosen["weight_decay"] in (1.0, 0.01)
-    assert "ETP against the baselines — paired differences" in md and "ETP − Random init" in md
+    assert "ETP (tuned recipe) against the baselines — paired differences" in md
+    assert "ETP (tuned recipe) − Random init" in md
     # the quick start's ETP trains on crops, so it is scored on its three views; random init not
     assert results["ptbxl"]["views"] == {"etp": ["3x0.75"], "random": ["1"]}
     assert "- test-time views: ETP 3x0.75; Random init 1" in md

@@ -317,3 +317,55 @@ def test_bootstrap_ci_matches_sklearn_reference(
     assert list(got) == list(want)
     for key, (lo, hi) in want.items():
         assert got[key] == pytest.approx((lo, hi), rel=0, abs=1e-12, nan_ok=True), key
+
+
+def test_stratified_bootstrap_keeps_every_class_count() -> None:
+    """Each resample keeps each class's count of records: a macro average never loses a class."""
+    from etp.eval.metrics import stratified_resample
+
+    y = np.array([0] * 6 + [1] * 1 + [2] * 3 + [3] * 1 + [4] * 4)  # two single-record classes
+    counts = np.bincount(y, minlength=5)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        idx = stratified_resample(rng, groups)
+        assert np.array_equal(np.bincount(y[idx], minlength=5), counts)
+    seen: list[np.ndarray] = []
+
+    def spy(a: np.ndarray) -> float:
+        seen.append(np.bincount(a, minlength=5))
+        return float(a.mean())
+
+    bootstrap_ci(spy, y, n_boot=100, seed=1, strata=y)
+    assert len(seen) == 100 and all(np.array_equal(c, counts) for c in seen)
+    # unstratified, some resamples of these 15 records drop a single-record class
+    seen.clear()
+    bootstrap_ci(spy, y, n_boot=100, seed=1)
+    assert any(c[1] == 0 or c[3] == 0 for c in seen)
+    with pytest.raises(ValueError, match="strata has 3 labels for 15 records"):
+        bootstrap_ci(spy, y, strata=y[:3])
+
+
+def test_per_class_ci_of_a_small_class_is_not_estimable() -> None:
+    from etp.eval.aggregate import bootstrap_stats, pooled_stats
+    from etp.eval.report import format_stat, with_ci
+
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    y = np.array([0] * 20 + [1] * 20 + [2])  # class c: one test record
+    p = rng.dirichlet(np.ones(3), size=y.size)
+    out = pooled_stats(y, [p], "probe", classes, n_boot=30)
+    st = out["stats"]
+    assert st["per_class.c.auc"]["ci"] is None and st["per_class.c.auc"]["ci_estimable"] is False
+    assert st["per_class.a.auc"]["ci"] is not None and "ci_estimable" not in st["per_class.a.auc"]
+    assert st["auc"]["ci"] is not None  # the macro average keeps its CI
+    assert format_stat(st["per_class.c.auc"]).endswith("[n/e]")
+    assert "n/e" not in format_stat(st["per_class.a.auc"])
+    # the threshold is a setting: with 1 the single record's class gets a CI again
+    one = pooled_stats(y, [p], "probe", classes, n_boot=30, min_class_records=1)
+    assert one["stats"]["per_class.c.auc"]["ci"] is not None
+    # etp evaluate's CIs too
+    ci = bootstrap_stats(y, p, "zero_shot", classes, n_boot=30)
+    assert ci["per_class.c.auc"] is None and ci["per_class.b.auc"] is not None
+    cells = with_ci(zero_shot_metrics(y, p, classes, warn=False), ci)
+    assert format_stat(cells["per_class"]["c"]["auc"]).endswith("[n/e]")

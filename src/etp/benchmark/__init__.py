@@ -24,7 +24,13 @@ Layout: :mod:`~etp.benchmark.config` (the config and its checks), :mod:`~etp.ben
 :mod:`etp.eval.protocol` and :mod:`etp.eval.aggregate`, shared with ``etp evaluate``.
 """
 
-from etp.benchmark.config import BenchmarkConfig, TransferTarget, load_benchmark_config, validate
+from etp.benchmark.config import (
+    BenchmarkConfig,
+    TransferTarget,
+    check_dev_folds,
+    load_benchmark_config,
+    validate,
+)
 from etp.benchmark.run import prepare, run_benchmark
 from etp.benchmark.runs import (
     DEFAULT_METHODS,
@@ -40,6 +46,7 @@ __all__ = [
     "BenchmarkConfig",
     "Rotation",
     "TransferTarget",
+    "check_dev_folds",
     "load_benchmark_config",
     "obtain_model",
     "prepare",

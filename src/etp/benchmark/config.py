@@ -49,6 +49,13 @@ class BenchmarkConfig:
     )
     rotate_folds: bool = _f(False, "every fold is the test fold once; pooled out-of-fold")
     rotation_folds: list[int] | None = _f(None, "test folds of the rotation (default: all)")
+    dev_folds: list[int] = _f(
+        [],
+        "folds that development choices (pretraining recipe, probe protocol, prompt variants) "
+        "were scored or validated on; results report the pooled figures over all test folds "
+        "and over the clean ones (not in dev_folds), and benchmarks/dev_*.py refuse to score "
+        "any other fold",
+    )
     test_fold: int = _f(10, "test fold without rotation")
     val_fold: int = _f(9, "validation fold without rotation")
     model_choice: str = _f(
@@ -61,12 +68,24 @@ class BenchmarkConfig:
     zero_shot_default: str = _f(
         "",
         "name of the shipped prompt variant (one fixed choice for every rotation, made on "
-        "validation folds beforehand), reported in its own table beside the per-rotation choice",
+        "every rotation's validation fold beforehand), reported in its own table labelled "
+        "'fixed; chosen on all rotations' validation folds'; the headline zero-shot figures "
+        "and paired differences are the nested ones (variant chosen per rotation on its own "
+        "validation fold)",
     )
     prompts: str | None = _f(None, "prompt table YAML (default: the packaged one)")
     retrieval: bool = _f(True, "ECG<->report Recall@K on each test fold")
     transfer: dict[str, TransferTarget] = _f({}, "other datasets evaluated with these models")
-    bootstrap: int = _f(1000, "bootstrap resamples for the 95 % confidence intervals")
+    bootstrap: int = _f(
+        1000,
+        "bootstrap resamples for the 95 % confidence intervals (stratified by class: every "
+        "resample keeps each class's count of test records)",
+    )
+    min_class_records_for_ci: int = _f(
+        5,
+        "a per-class CI is reported as not estimable (n/e) when the class has fewer test "
+        "records than this",
+    )
     precision: str = _f("bf16", "feature extraction precision: bf16 or fp32")
     views: str | int = _f(
         "auto",
@@ -101,6 +120,23 @@ def load_benchmark_config(path: str | None, overrides: Sequence[str] = ()) -> Be
     return cfg
 
 
+def check_dev_folds(cfg: BenchmarkConfig, folds: Sequence[int], what: str, where: str) -> None:
+    """Refuse a development script's folds that are not declared development folds.
+
+    ``folds`` are the folds the script scores or validates on (``what`` says which, ``where``
+    names the config): every one must be in ``cfg.dev_folds``, or a development choice would
+    see records that the benchmark's clean figures are scored on.
+    """
+    clean = sorted({int(f) for f in folds} - set(cfg.dev_folds))
+    if clean:
+        raise ConfigError(
+            f"{what} {clean} not in dev_folds {sorted(cfg.dev_folds)} of {where}: these folds "
+            "are clean test folds of the benchmark, which no development choice may score; use "
+            "folds of dev_folds (or declare more in the config, which removes them from the clean "
+            "figures)"
+        )
+
+
 def validate(cfg: BenchmarkConfig) -> None:
     """Reject settings that cannot run, before any work is done."""
     from etp import objectives
@@ -115,6 +151,10 @@ def validate(cfg: BenchmarkConfig) -> None:
             )
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is needed")
+    if cfg.min_class_records_for_ci < 1:
+        raise ConfigError(
+            f"min_class_records_for_ci: {cfg.min_class_records_for_ci} must be at least 1"
+        )
     if cfg.model_choice not in ("best", "last"):
         raise ConfigError(f"model_choice: {cfg.model_choice!r} is not 'best' or 'last'")
     if cfg.precision not in ("bf16", "fp32"):

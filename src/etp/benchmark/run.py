@@ -105,6 +105,33 @@ def _records_used(prepared: Any, summary: Any) -> dict[str, Any]:
     }
 
 
+def _clean_figures(
+    cfg: BenchmarkConfig,
+    rots: Sequence[Rotation],
+    outputs: dict[str, dict[int, list[EvalOutput]]],
+    classes: list[str],
+) -> dict[str, Any]:
+    """The pooled figures over the clean test folds (those not in ``dev_folds``: records no
+    development choice has scored), beside those over every test fold.
+
+    Returns ``{"clean_test_folds": [...]}`` plus, when some but not all test folds are clean,
+    ``"clean": pool_outputs(...)`` of the clean rotations only (when all are clean the figures
+    over all test folds are the clean ones).
+    """
+    keep = [i for i, r in enumerate(rots) if r.test not in cfg.dev_folds]
+    out: dict[str, Any] = {"clean_test_folds": [rots[i].test for i in keep]}
+    if keep and len(keep) < len(rots):
+        clean_out = {
+            method: {seed: [runs[i] for i in keep] for seed, runs in per_seed.items()}
+            for method, per_seed in outputs.items()
+        }
+        clean = pool_outputs(clean_out, classes, cfg.bootstrap, cfg.min_class_records_for_ci)
+        for key in ("y", "ids", "_probs"):
+            clean.pop(key, None)
+        out["clean"] = clean
+    return out
+
+
 def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) -> dict[str, Any]:
     """Run everything the config asks for; returns the results mapping (also written to disk)."""
     t_start = time.perf_counter()
@@ -144,10 +171,11 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
         "name": cfg.name,
         "records_used": {dataset: _records_used(prepared, summary)},
         "rotations": [asdict(r) for r in rots],
-        dataset: pool_outputs(outputs, classes, cfg.bootstrap),
+        dataset: pool_outputs(outputs, classes, cfg.bootstrap, cfg.min_class_records_for_ci),
         "seconds": {},
     }
     internals = {dataset: {k: results[dataset].pop(k, None) for k in ("y", "ids", "_probs")}}
+    results[dataset].update(_clean_figures(cfg, rots, outputs, classes))
 
     for tname, target in cfg.transfer.items():
         t_prepared, t_summary = prepare(target.prepare, f"transfer.{tname}.prepare")
@@ -175,7 +203,9 @@ def run_benchmark(cfg: BenchmarkConfig, command: Sequence[str] | None = None) ->
                 )
                 t_out.setdefault(method, {}).setdefault(seed, []).append(res)
         results["records_used"][tname] = _records_used(t_prepared, t_summary)
-        results[tname] = pool_outputs(t_out, t_classes, cfg.bootstrap)
+        results[tname] = pool_outputs(
+            t_out, t_classes, cfg.bootstrap, cfg.min_class_records_for_ci
+        )
         results[tname]["models_from_test_fold"] = t_fold
         internals[tname] = {k: results[tname].pop(k, None) for k in ("y", "ids", "_probs")}
 

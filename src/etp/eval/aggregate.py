@@ -5,6 +5,12 @@ per-record outputs of :func:`etp.eval.protocol.evaluate_model`: the metric of a 
 (:func:`metric_fn`: the linear probe's Table 1 metrics or zero-shot's Tables 2-3 metrics), its
 bootstrap 95 % CI over records (:func:`pooled_stats`; one seed is the ``etp evaluate`` case), and
 the paired difference of two methods on the same records (:func:`paired_difference`).
+
+Every bootstrap here is stratified by class (:func:`etp.eval.metrics.bootstrap_ci` with
+``strata=y``): each resample keeps every class's count of test records, so a macro average is
+always over the same classes. A per-class CI is *not estimable* (``None``, rendered ``n/e``) when
+the class has fewer than ``min_class_records`` test records (:data:`MIN_CLASS_RECORDS_FOR_CI`):
+resampling one or two records says nothing about the class.
 """
 
 from __future__ import annotations
@@ -17,6 +23,19 @@ import numpy as np
 
 from etp.eval.metrics import mean_std
 from etp.eval.protocol import EvalOutput
+
+#: default of the benchmark's ``min_class_records_for_ci``
+MIN_CLASS_RECORDS_FOR_CI = 5
+
+
+def not_estimable(
+    keys: Sequence[str], y: np.ndarray, classes: Sequence[str], min_records: int
+) -> set[str]:
+    """The flattened per-class keys (``per_class.NAME.*``) of classes with fewer than
+    ``min_records`` records in ``y``: their CIs are not estimable."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64).ravel(), minlength=len(classes))
+    small = [f"per_class.{c}." for c, k in zip(classes, counts) if k < min_records]
+    return {k for k in keys if any(k.startswith(p) for p in small)}
 
 
 def _seed_mean_metric(
@@ -54,10 +73,13 @@ def pooled_stats(
     classes: Sequence[str],
     n_boot: int,
     seed: int = 0,
+    min_class_records: int = MIN_CLASS_RECORDS_FOR_CI,
 ) -> dict[str, Any]:
     """Metrics of pooled predictions: per seed, mean ± std over seeds, bootstrap 95 % CI.
 
-    The CI resamples records (the same resample for every seed) and covers the seed-mean metric.
+    The CI resamples records within each class (the same resample for every seed) and covers the
+    seed-mean metric; a per-class cell of a class with fewer than ``min_class_records`` records
+    gets ``"ci": None, "ci_estimable": False``.
     """
     import warnings
 
@@ -75,6 +97,7 @@ def pooled_stats(
                 *probs_per_seed,
                 n_boot=n_boot,
                 seed=seed,
+                strata=y,
             )
             if n_boot > 0
             else {}
@@ -83,6 +106,9 @@ def pooled_stats(
         key: {"mean": v["mean"], "std": v["std"], "n": v["n"], "ci": ci.get(key)}
         for key, v in agg.items()
     }
+    if n_boot > 0:
+        for key in not_estimable(list(stats), y, classes, min_class_records):
+            stats[key].update(ci=None, ci_estimable=False)
     return {"per_seed": per_seed, "stats": stats}
 
 
@@ -118,7 +144,7 @@ def paired_difference(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ci = (
-            bootstrap_ci(diff, y, *probs_a, *probs_b, n_boot=n_boot, seed=seed)
+            bootstrap_ci(diff, y, *probs_a, *probs_b, n_boot=n_boot, seed=seed, strata=y)
             if n_boot > 0
             else {}
         )
@@ -138,20 +164,34 @@ def unflatten(stats: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def bootstrap_stats(
-    y: np.ndarray, probs: np.ndarray, kind: str, classes: Sequence[str], n_boot: int, seed: int = 0
+    y: np.ndarray,
+    probs: np.ndarray,
+    kind: str,
+    classes: Sequence[str],
+    n_boot: int,
+    seed: int = 0,
+    min_class_records: int = MIN_CLASS_RECORDS_FOR_CI,
 ) -> dict[str, Any]:
-    """Bootstrap 95 % CIs (flattened metric key -> (low, high)) of one set of predictions."""
+    """Class-stratified bootstrap 95 % CIs (flattened metric key -> (low, high)) of one set of
+    predictions; ``None`` for per-class values of classes with fewer than ``min_class_records``
+    records (not estimable)."""
     import warnings
 
     from etp.eval.metrics import bootstrap_ci
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return bootstrap_ci(metric_fn(kind, classes), y, probs, n_boot=n_boot, seed=seed)
+        ci = bootstrap_ci(metric_fn(kind, classes), y, probs, n_boot=n_boot, seed=seed, strata=y)
+    for key in not_estimable(list(ci), y, classes, min_class_records):
+        ci[key] = None
+    return ci
 
 
 def pool_outputs(
-    outputs: Mapping[str, Mapping[int, list[EvalOutput]]], classes: list[str], n_boot: int
+    outputs: Mapping[str, Mapping[int, list[EvalOutput]]],
+    classes: list[str],
+    n_boot: int,
+    min_class_records: int = MIN_CLASS_RECORDS_FOR_CI,
 ) -> dict[str, Any]:
     """Pool each method's test outputs over its rotations (out-of-fold), then aggregate over
     seeds: figures with bootstrap CIs, the zero-shot variants and the one chosen on validation,
@@ -171,7 +211,7 @@ def pool_outputs(
         for frac in fracs:
             probs = [np.concatenate([r.probe[frac] for r in run]) for run in runs]
             pooled["linear_probe"].setdefault(method, {})[str(frac)] = pooled_stats(
-                y, probs, "probe", classes, n_boot
+                y, probs, "probe", classes, n_boot, min_class_records=min_class_records
             )
             if frac == max(fracs):
                 headline.setdefault(method, {})["probe"] = probs
@@ -179,7 +219,9 @@ def pool_outputs(
         zs: dict[str, Any] = {}
         for v in variants:
             probs = [np.concatenate([r.zs_test[v] for r in run]) for run in runs]
-            zs[v] = pooled_stats(y, probs, "zero_shot", classes, n_boot)
+            zs[v] = pooled_stats(
+                y, probs, "zero_shot", classes, n_boot, min_class_records=min_class_records
+            )
             zs[v]["val_auc_mean"] = float(
                 np.nanmean([r.zs_val_auc[v] for run in runs for r in run])
             )
@@ -189,7 +231,9 @@ def pool_outputs(
                 np.concatenate([r.zs_test[r.zs_selected or variants[0]] for r in run])
                 for run in runs
             ]
-            zs["val-selected"] = pooled_stats(y, probs, "zero_shot", classes, n_boot)
+            zs["val-selected"] = pooled_stats(
+                y, probs, "zero_shot", classes, n_boot, min_class_records=min_class_records
+            )
             headline.setdefault(method, {})["zs"] = probs
             zs["val-selected"]["chosen"] = [
                 r.zs_selected for run in runs for r in run
@@ -235,7 +279,9 @@ def compare_with_etp(
     classes: list[str],
     n_boot: int,
 ) -> dict[str, dict[str, Any]]:
-    """ETP minus each baseline: probe (full labels) AUC/F1, zero-shot (val-selected) AUC/F1."""
+    """ETP minus each baseline: probe (full labels) AUC/F1, zero-shot AUC/F1 of the nested choice
+    (``val-selected``: the variant chosen on each rotation's own validation fold). "ETP" is the
+    method ``etp`` (the tuned recipe); other ETP settings, e.g. ``etp-paper``, are baselines here."""
     out: dict[str, dict[str, Any]] = {}
     etp = headline["etp"]
     for method, probs in headline.items():

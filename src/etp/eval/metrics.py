@@ -222,11 +222,16 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    strata: np.ndarray | None = None,
 ) -> Any:
     """Percentile bootstrap confidence interval of any metric, resampling records.
 
     ``metric_fn(*resampled_arrays)`` is evaluated on ``n_boot`` resamples (with replacement, the
-    same record indices for every array, ``numpy.random.default_rng(seed)``). It may return a float
+    same record indices for every array, ``numpy.random.default_rng(seed)``). With ``strata``
+    (one label per record, e.g. the class index of single-label records) the resample is
+    stratified: records are drawn with replacement within each stratum, so every resample keeps
+    each class's count of records and a macro average always runs over the same classes
+    (:func:`stratified_resample`). It may return a float
     or a (nested) mapping of floats, e.g. :func:`zero_shot_metrics`; resamples where a value is NaN
     (e.g. a class drawn without positives) are ignored for that value.
 
@@ -242,11 +247,17 @@ def bootstrap_ci(
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     data = [np.asarray(a) for a in arrays]  # once, not per resample
+    groups = None
+    if strata is not None:
+        strata = np.asarray(strata).ravel()
+        if strata.shape[0] != n:
+            raise ValueError(f"strata has {strata.shape[0]} labels for {n} records")
+        groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
     scalar = False
     for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
+        idx = rng.integers(0, n, size=n) if groups is None else stratified_resample(rng, groups)
         value = metric_fn(*(a[idx] for a in data))
         if isinstance(value, Mapping):
             flat = flatten_metrics(value)
@@ -265,6 +276,12 @@ def bootstrap_ci(
             lo, hi = np.quantile(arr, [alpha, 1.0 - alpha])
             out[key] = (float(lo), float(hi))
     return out[""] if scalar else out
+
+
+def stratified_resample(rng: np.random.Generator, groups: Sequence[np.ndarray]) -> np.ndarray:
+    """Record indices of one stratified bootstrap resample: each group (the record indices of
+    one stratum) is drawn with replacement to its own size, in group order."""
+    return np.concatenate([g[rng.integers(0, g.size, size=g.size)] for g in groups])
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -80,7 +80,17 @@ PAPER_ZERO_SHOT: dict[str, dict[str, dict[str, dict[str, float]]]] = {
 }
 
 #: etp method keys -> the paper's method names
-METHOD_LABELS: dict[str, str] = {"etp": "ETP", "simclr": "SimCLR", "random": "Random init"}
+METHOD_LABELS: dict[str, str] = {
+    "etp": "ETP",
+    "etp-paper": "ETP (paper settings)",
+    "simclr": "SimCLR",
+    "random": "Random init",
+    "byol": "BYOL",
+    "simsiam": "SimSiam",
+    "cpc": "CPC",
+    "ts-tcc": "TS-TCC",
+    "clocs": "CLOCS",
+}
 DATASET_LABELS: dict[str, str] = {"ptbxl": "PTB-XL", "cpsc2018": "CPSC2018"}
 
 
@@ -125,6 +135,8 @@ def with_ci(
         elif key != "n" and _finite(value) and not isinstance(value, bool):
             ci = (cis or {}).get(name)
             out[key] = stat(float(value), None, ci)
+            if cis and name in cis and ci is None:  # too few records of the class
+                out[key]["ci_estimable"] = False
         else:
             out[key] = value
     return out
@@ -167,7 +179,9 @@ def _finite(x: Any) -> bool:
 
 
 def format_stat(value: Any, scale: float = 100.0, digits: int = 1) -> str:
-    """``0.835`` -> ``83.5``; a stat -> ``83.5 ± 1.2 [81.0, 85.9]``; missing/NaN -> ``–``."""
+    """``0.835`` -> ``83.5``; a stat -> ``83.5 ± 1.2 [81.0, 85.9]``; missing/NaN -> ``–``; a stat
+    whose CI is not estimable (``"ci_estimable": False``: too few records of its class) ->
+    ``83.5 ± 1.2 [n/e]``."""
     if value is None:
         return "–"
     if isinstance(value, Mapping):
@@ -181,6 +195,8 @@ def format_stat(value: Any, scale: float = 100.0, digits: int = 1) -> str:
         ci = value.get("ci")
         if ci is not None and len(ci) == 2 and all(_finite(c) for c in ci):
             text += f" [{float(ci[0]) * scale:.{digits}f}, {float(ci[1]) * scale:.{digits}f}]"
+        elif value.get("ci_estimable") is False:
+            text += " [n/e]"
         return text
     if not _finite(value):
         return "–"
