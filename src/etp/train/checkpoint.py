@@ -257,3 +257,18 @@ def load_model_state(path: Path, model: torch.nn.Module, state: dict[str, torch.
             f"checkpoint {path} does not match the model architecture: {', '.join(parts)}"
         )
     model.load_state_dict(state, strict=True)
+
+
+class PartView:
+    """Some state-dict entries of a module (an objective's own parts) as one object
+    :func:`load_model_state` loads strictly."""
+
+    def __init__(self, module: torch.nn.Module, own: dict[str, torch.Tensor]) -> None:
+        self.module = module
+        self.own = own
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.own
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        self.module.load_state_dict({**self.module.state_dict(), **state}, strict=strict)

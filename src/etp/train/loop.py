@@ -47,7 +47,7 @@ from etp.models.channels_last import enable_channels_last
 from etp.objectives.base import Batch, RunContext
 from etp.train import checkpoint as ckpt
 from etp.train.logs import CsvLog, tensorboard
-from etp.train.settings import validate_config
+from etp.train.settings import validate_config, warn_emulated_bf16
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +228,7 @@ class _Run:
         from etp.models.etp import ETPModel
 
         t = self.cfg.train
-        if self.device.type == "cpu" and t.precision == "bf16" and not _cpu_has_bf16():
-            log.warning(
-                "this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16 autocast is "
-                "emulated and can be many times slower than fp32; set train.precision=fp32"
-            )
+        warn_emulated_bf16(self.device, t.precision)
         seed_everything(t.seed)
         model = ETPModel(
             self.cfg.model, text_dim=self.text_dim if self.objective_cls.text_head else None,
@@ -421,7 +417,7 @@ class _Run:
         ckpt.load_model_state(path, self.model, payload["model"])
         own = self._objective_state()
         if own:
-            ckpt.load_model_state(path, _StateView(self.objective, own), payload.get("objective") or {})
+            ckpt.load_model_state(path, ckpt.PartView(self.objective, own), payload.get("objective") or {})
         if self.ema is not None:
             if payload.get("ema") is None:
                 raise ConfigError(f"cannot resume from {path}: it holds no weight average")
@@ -616,26 +612,3 @@ class _Run:
                 )
             pos.epoch, pos.batch = epoch + 1, 0
             self._save_checkpoint(pos)
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (else bf16 autocast is emulated)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without the query: assume it does
-        return True
-
-
-class _StateView:
-    """The objective's own parts as one object :func:`etp.train.checkpoint.load_model_state`
-    loads strictly."""
-
-    def __init__(self, objective: nn.Module, own: dict[str, Tensor]) -> None:
-        self.objective = objective
-        self.own = own
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.own
-
-    def load_state_dict(self, state: dict[str, Tensor], strict: bool = True) -> None:
-        self.objective.load_state_dict({**self.objective.state_dict(), **state}, strict=strict)

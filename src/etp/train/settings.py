@@ -3,13 +3,18 @@ naming its key."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
+
+import torch
 
 from etp import objectives
 from etp.config import PretrainConfig
 from etp.errors import ConfigError
 from etp.objectives.base import Objective
+
+log = logging.getLogger(__name__)
 
 
 def validate_config(cfg: PretrainConfig, world_size: int = 1) -> tuple[type[Objective], Any]:
@@ -55,4 +60,21 @@ def validate_config(cfg: PretrainConfig, world_size: int = 1) -> tuple[type[Obje
     return objective, options
 
 
-__all__ = ["validate_config"]
+def warn_emulated_bf16(device: torch.device, precision: str) -> None:
+    """Log a warning when bf16 autocast would run on a CPU without bf16 instructions."""
+    if device.type == "cpu" and precision == "bf16" and not _cpu_has_bf16():
+        log.warning(
+            "this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16 autocast is "
+            "emulated and can be many times slower than fp32; set train.precision=fp32"
+        )
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (else bf16 autocast is emulated)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the query: assume it does
+        return True
+
+
+__all__ = ["validate_config", "warn_emulated_bf16"]
