@@ -24,7 +24,7 @@ did). Models are kept under ``--work/NAME`` and reused. One line per run is appe
 ``benchmarks/results/dev_rotations.jsonl`` with the command, date and machine.
 
     python benchmarks/dev_rotations.py NAME [key=value ...] [--root ../shared/data/ptb-xl]
-    python benchmarks/dev_rotations.py shipped train.etp_augment=true model.report_translation=builtin
+    python benchmarks/dev_rotations.py shipped objective.augment=true model.report_translation=builtin
 
 The folds it scores and validates on must be declared development folds (``dev_folds``) of the
 benchmark config given by ``--config``: a rotation on a clean test fold of the benchmark is

@@ -110,12 +110,6 @@ def main(out_dir: str) -> None:
         loss = ClipLoss()(e, u, s)
         loss.backward()
         result[f"clip_{split}"] = (loss.item(), grads(model.module))
-        # ... with soft targets from the (gathered) reference embeddings
-        model = DDP(make_clip())
-        e, u, s = model(batch["x"][lo:hi], batch["t"][lo:hi])
-        loss = ClipLoss(0.5, 0.1)(e, u, s, batch["t"][lo:hi])
-        loss.backward()
-        result[f"clipsoft_{split}"] = (loss.item(), grads(model.module))
         # NT-Xent
         model = DDP(make_simclr())
         z1, z2 = model(batch["x"][lo:hi], batch["x2"][lo:hi])
