@@ -209,9 +209,9 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path, sample_dir: Path) -> None:
     calls: list[str] = []
     real = loop.pretrain
 
-    def counting(pcfg, resume=False):  # type: ignore[no-untyped-def]
+    def counting(pcfg, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(pcfg.train.method)
-        return real(pcfg, resume=resume)
+        return real(pcfg, **kwargs)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(loop, "pretrain", counting)
