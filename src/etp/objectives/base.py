@@ -172,9 +172,10 @@ class Objective(nn.Module):
 
         return self.augments(self.options) and any(n in CROP_NAMES for n in self.ctx.train.augment)
 
-    def extra_state_keys(self) -> list[str]:
-        """State-dict keys of the objective's own parts (checkpointed beside the model)."""
-        return [k for k in self.state_dict() if not k.startswith("model.")]
+    def own_state(self) -> dict[str, Tensor]:
+        """The state of the objective's own parts (a target network, a predictor): every
+        state-dict entry outside ``model.``; checkpointed beside the model."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
 
     # -- helpers for subclasses -------------------------------------------------------------
 

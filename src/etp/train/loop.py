@@ -344,11 +344,6 @@ class _Run:
 
     # -- saving -------------------------------------------------------------------------------
 
-    def _objective_state(self) -> dict[str, Tensor]:
-        """The objective's own parts (a target network, a predictor), beside the model."""
-        state = self.objective.state_dict()
-        return {k: v for k, v in state.items() if k in set(self.objective.extra_state_keys())}
-
     def _save_checkpoint(self, pos: ckpt.TrainPosition) -> None:
         if not self.main:
             return
@@ -363,7 +358,7 @@ class _Run:
             generators={"augment": self.aug_gen},
             data=self._data_info(),
             ema=self.ema,
-            objective=self._objective_state(),
+            objective=self.objective.own_state(),
         )
         atomic_write_json(
             self.out / CHECKPOINT_DIR / "last.json",
@@ -415,7 +410,7 @@ class _Run:
                 f"run has {self.dist.world_size} (the data order depends on it)"
             )
         ckpt.load_model_state(path, self.model, payload["model"])
-        own = self._objective_state()
+        own = self.objective.own_state()
         if own:
             ckpt.load_model_state(path, ckpt.PartView(self.objective, own), payload.get("objective") or {})
         if self.ema is not None:
