@@ -38,7 +38,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 #: config files that are not one method's Table 1 config
-NOT_METHOD_CONFIGS = {"etp-ptbxl-mini", "benchmark-ptbxl"}
+NOT_METHOD_CONFIGS = {"benchmark"}
 
 
 def method_configs() -> dict[str, Path]:

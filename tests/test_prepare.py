@@ -133,6 +133,23 @@ def test_shared_ptbxl_partial_download(shared_data: Path, tmp_path: Path) -> Non
     assert s.single_label_per_class == {"NORM": 517, "MI": 67, "STTC": 108, "CD": 74, "HYP": 16}
 
 
+def test_sample_ptbxl_500hz_matches_100hz(ptbxl_sample_cache: Path, tmp_path: Path) -> None:
+    """The sample's two 500 Hz records, resampled to 100 Hz by prepare, agree with PTB-XL's own
+    100 Hz files of the same recordings (the 500 -> 100 Hz path on real files, no ../shared)."""
+    with pytest.raises(DataError, match=r"178 of 180 .*--only-present"):
+        prepare_dataset(cfg_for(PTBXL_SAMPLE, tmp_path / "x5", fs_source=500))
+    s = prepare_dataset(cfg_for(PTBXL_SAMPLE, tmp_path / "x5", only_present=True, fs_source=500))
+    assert (s.records, s.length, s.missing) == (2, 1000, 178)
+    hr = load_prepared(tmp_path / "x5")
+    assert hr.info["fs"] == 100 and hr.info["source"]["reader_options"] == {"fs": 500}
+    lr = load_prepared(ptbxl_sample_cache)
+    ids = lr.meta["record_id"].astype(str).tolist()
+    for i, rid in enumerate(hr.meta["record_id"].astype(str)):
+        a, b = hr.get_batch([i])[0], lr.get_batch([ids.index(rid)])[0]
+        assert a.shape == b.shape == (12, 1000)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95, rid
+
+
 @pytest.mark.slow
 def test_shared_ptbxl_500hz(shared_data: Path, tmp_path: Path) -> None:
     s = prepare_dataset(

@@ -85,16 +85,20 @@ def test_bad_options(sample_root):
         PTBXLReader(sample_root, fs=250)
 
 
-def test_500hz_files_absent_from_sample(sample_root):
+def test_500hz_sample_is_partial(sample_root):
+    """The sample holds 500 Hz files for two of its 180 records: the others are reported missing."""
     reader = PTBXLReader(sample_root, fs=500)
     recs = reader.records()
     assert recs[0].path.parent.parent.name == "records500"
     missing = reader.missing(recs)
-    assert len(missing) == len(recs)
+    present = [r.record_id for r in reader.present(recs)]
+    assert present == ["16", "30"] and len(missing) == len(recs) - 2
     msg = reader.missing_message(missing, len(recs))
-    assert f"{len(recs)} of {len(recs)} listed records have no signal files" in msg
+    assert f"{len(recs) - 2} of {len(recs)} listed records have no signal files" in msg
     with pytest.raises(DataError, match="partial download"):
         reader.check_present(recs)
+    sig = reader.read_signal(next(r for r in recs if r.record_id == "16"))
+    assert sig.shape == (12, 5000)
 
 
 def _copy_tables(src: Path, dst: Path) -> Path:

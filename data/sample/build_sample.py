@@ -21,6 +21,9 @@ import pandas as pd
 # and no-superclass records, spread round-robin over the ten strat_folds
 PTBXL_QUOTA = {"HYP": 100, "MI": 30, "CD": 30, "STTC": 30, "NORM": 50, "multi": 20, "none": 4}
 PTBXL_MAX_ID = 999
+# two of the chosen records also at 500 Hz (records500/), so the 500 -> 100 Hz path is tested
+# on real files: a NORM record (fold 6) and an LVH (HYP) record (fold 9)
+PTBXL_500HZ = [16, 30]
 SEED = 0
 # CPSC2018: two short single-label WFDB records per class, the SNOMED-coded A5432, the
 # multi-label A0043 (#Dx: AF,RBBB), and the two smallest original-form .mat files
@@ -75,6 +78,12 @@ def build_ptbxl(src: Path, dst: Path) -> None:
         for ext in (".hea", ".dat"):
             rel = db.loc[i, "filename_lr"] + ext
             shutil.copyfile(src / rel, dst / rel)
+    assert set(PTBXL_500HZ) <= set(ids), "the 500 Hz records must be among the chosen ones"
+    for i in PTBXL_500HZ:
+        rel_hr = db.loc[i, "filename_hr"]
+        (dst / rel_hr).parent.mkdir(parents=True, exist_ok=True)
+        for ext in (".hea", ".dat"):
+            shutil.copyfile(src / (rel_hr + ext), dst / (rel_hr + ext))
     # the same rows of the original CSV, byte for byte
     lines = (src / "ptbxl_database.csv").read_text(encoding="utf-8").splitlines(keepends=True)
     reader = csv.reader(lines)
@@ -90,6 +99,7 @@ def build_ptbxl(src: Path, dst: Path) -> None:
     sums = (src / "SHA256SUMS.local.txt").read_text().splitlines()
     files = {"ptbxl_database.csv", "scp_statements.csv"}
     files |= {db.loc[i, "filename_lr"] + ext for i in ids for ext in (".hea", ".dat")}
+    files |= {db.loc[i, "filename_hr"] + ext for i in PTBXL_500HZ for ext in (".hea", ".dat")}
     (dst / "SHA256SUMS.original.txt").write_text(
         "\n".join(s for s in sums if s.split(" ", 1)[1] in files - {"ptbxl_database.csv"}) + "\n"
     )
