@@ -11,12 +11,13 @@ import torch
 
 from conftest import SAMPLE_DIR
 from etp.cli import main
+from etp.errors import ModelError
 
 PTB = SAMPLE_DIR / "ptb-xl" / "records100" / "00000"
 CPSC = SAMPLE_DIR / "cpsc2018"
 
 
-def _save(path: Path, method: str = "etp") -> Path:
+def _save(path: Path, method: str = "etp", extra: dict | None = None) -> Path:
     from etp.config import ModelConfig
     from etp.data.signal import PreprocessConfig
     from etp.models.etp import ETPModel, save_model_dir
@@ -26,7 +27,7 @@ def _save(path: Path, method: str = "etp") -> Path:
     torch.manual_seed(1)
     model = ETPModel(ModelConfig(), None if method == "simclr" else enc.dim, method)
     spec = None if method == "simclr" else enc.spec
-    return save_model_dir(path, model, model.cfg, PreprocessConfig().to_dict(), spec, {})
+    return save_model_dir(path, model, model.cfg, PreprocessConfig().to_dict(), spec, extra or {})
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,9 @@ def test_ecg_embeddings_equal_the_cached_inputs(model_dir, cache, tmp_path, caps
     assert np.allclose(emb, want, atol=1e-5)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     side = list(csv.reader(open(tmp_path / "ecg.rows.csv")))
-    assert side == [["row", "kind", "source"], ["0", "ecg", files[0]], ["1", "ecg", files[1]]]
+    assert side == [
+        ["row", "kind", "source", "warnings"], ["0", "ecg", files[0], ""], ["1", "ecg", files[1], ""]
+    ]
 
     feats = tmp_path / "features.npy"
     rc, _, err = _run(
@@ -113,10 +116,10 @@ def test_texts_and_csv(model_dir, tmp_path, capsys) -> None:
     )
     assert rc == 0, err
     rows = list(csv.reader(open(out, encoding="utf-8")))
-    assert rows[0][:4] == ["row", "kind", "source", "e0"] and len(rows[0]) == 3 + 512
+    assert rows[0][:5] == ["row", "kind", "source", "warnings", "e0"] and len(rows[0]) == 4 + 512
     assert [r[1] for r in rows[1:]] == ["ecg", "text", "text", "text"]
     assert rows[2][2] == "atrial fibrillation" and rows[3][2] == "sinusrhythmus normales ekg"
-    text_emb = np.array([[float(v) for v in r[3:]] for r in rows[2:]])
+    text_emb = np.array([[float(v) for v in r[4:]] for r in rows[2:]])
     want = load_model_dir(model_dir).embed_texts(
         [
             "atrial fibrillation",
@@ -130,6 +133,41 @@ def test_texts_and_csv(model_dir, tmp_path, capsys) -> None:
     )
     assert rc == 0, err
     assert np.load(tmp_path / "t.npy").shape == (1, 512)
+
+
+def test_a_flat_lead_warning_is_written_beside_the_embedding(model_dir, tmp_path, capsys) -> None:
+    import wfdb
+
+    sig, _ = wfdb.rdsamp(str(PTB / "00016_lr"))
+    sig[:, 6] = 0.0  # V1 disconnected
+    flat = tmp_path / "flat_v1.npy"
+    np.save(flat, sig)  # (1000, 12) at 100 Hz
+    out = tmp_path / "e.npy"
+    rc, _, err = _run(capsys, "--model", str(model_dir), str(PTB / "00016_lr"), str(flat),
+                      "--fs", "100", "--out", str(out))  # fmt: skip
+    assert rc == 0, err
+    side = list(csv.DictReader(open(tmp_path / "e.rows.csv")))
+    assert side[0]["warnings"] == ""
+    assert "flat lead(s) ['V1']" in side[1]["warnings"] and str(flat) in side[1]["warnings"]
+
+
+def test_an_untrained_ecg_head_is_refused_for_embeddings(tmp_path, capsys) -> None:
+    """BYOL, SimSiam, CPC and TS-TCC never train the ECG projection head: embedding with it is a
+    one-line error that points at encoder features, which work."""
+    from etp.models.etp import load_model_dir
+
+    model = _save(tmp_path / "byol", "simclr", {"objective": {"name": "byol", "trains_ecg_head": False}})
+    rc, _, err = _run(capsys, "--model", str(model), str(PTB / "00016_lr"),
+                      "--out", str(tmp_path / "e.npy"))  # fmt: skip
+    assert rc == 2 and "ECG projection head was never trained" in err and "--features" in err
+    assert len(err.strip().splitlines()) == 1
+    rc, _, err = _run(capsys, "--model", str(model), str(PTB / "00016_lr"), "--features",
+                      "--out", str(tmp_path / "f.npy"))  # fmt: skip
+    assert rc == 0, err
+    loaded = load_model_dir(model)
+    assert not loaded.ecg_head_trained
+    with pytest.raises(ModelError, match="never trained"):
+        loaded.embed_ecg(np.zeros((1, 12, 1000), np.float32))
 
 
 def test_bad_inputs(model_dir, tmp_path, capsys) -> None:

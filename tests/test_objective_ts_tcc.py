@@ -5,6 +5,7 @@ transformer's dropout, the random time step and the views are all replayed)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,6 @@ def test_ts_tcc_trains_and_resumes_exactly_mid_run(
     )  # mid-epoch 2
     parts = {k.split(".")[1] for k in full["objective"]}
     assert parts == {"context", "predictors", "projection"}
+    # the loss's three terms are logged beside it
+    rows = list(csv.DictReader((tmp_path / "full" / "train_log.csv").open()))
+    assert rows and all(float(r[k]) > 0 for r in rows for k in ("tc_weak_strong", "tc_strong_weak", "cc"))

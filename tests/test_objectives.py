@@ -3,6 +3,7 @@ through `etp pretrain` with checkpoints and an exact resume."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class TinyObjective(Objective):
 
     name = "tiny-test"
     Options = TinyOptions
+    log_names = ("fit",)
 
     def setup(self) -> None:
         self.predictor = nn.Linear(self.model.cfg.embed_dim, self.model.cfg.embed_dim).to(self.ctx.device)
@@ -73,8 +75,8 @@ class TinyObjective(Objective):
     def forward(self, inputs, model=None):  # type: ignore[no-untyped-def]
         with self.ctx.autocast():
             z = self.net(model).embed_ecg(self.ctx.to_device(inputs.x)).float()
-        loss = self.options.weight * (self.predictor(z) - z.detach().roll(1, 0)).pow(2).mean()
-        return loss, {}
+        fit = (self.predictor(z) - z.detach().roll(1, 0)).pow(2).mean()
+        return self.options.weight * fit, {"fit": float(fit.detach())}
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.updates += 1
@@ -104,6 +106,13 @@ def test_a_registered_objective_trains_checkpoints_and_resumes_exactly(
     )
     assert set(full["objective"]) == {"predictor.weight", "predictor.bias", "updates"}
     assert int(full["objective"]["updates"]) == 6  # 12 records / batch 4 x 2 epochs
+    # the objective's own logs are train_log.csv columns, averaged like the loss; the resume
+    # keeps the rows up to its checkpoint (step 4) and its first window starts there
+    rows = {d: list(csv.DictReader((tmp_path / d / "train_log.csv").open())) for d in ("full", "cut")}
+    assert [r["step"] for r in rows["full"]] == [r["step"] for r in rows["cut"]] == ["3", "6"]
+    assert (rows["full"][0]["loss"], rows["full"][0]["fit"]) == (rows["cut"][0]["loss"], rows["cut"][0]["fit"])
+    for r in rows["full"] + rows["cut"]:
+        assert float(r["loss"]) == pytest.approx(2.0 * float(r["fit"]), rel=1e-5)  # weight 2
     # a resume that lost the objective's own parts is refused, not silently re-initialised
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path / "cut", broken)
@@ -111,6 +120,16 @@ def test_a_registered_objective_trains_checkpoints_and_resumes_exactly(
     state["objective"] = {}
     torch.save(state, broken / "checkpoints" / "last.pt")
     assert main(_args(ptbxl_sample_cache, broken) + ["--resume"]) == 2
+
+
+def test_logs_an_objective_does_not_declare_are_refused(
+    tiny_registered: type, ptbxl_sample_cache: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(tiny_registered, "log_names", ("fit", "other"))
+    assert main(_args(ptbxl_sample_cache, tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert "objective 'tiny-test' returned logs ['fit'] but declares log_names ['fit', 'other']" in err
 
 
 def test_random_init_saves_the_seeded_initialisation_without_reading_batches(

@@ -70,7 +70,38 @@ def test_all_formats_json(model_dir: Path, tmp_path: Path, capsys) -> None:
     )
     assert rc == 0, err
     table = list(csv.reader(io.StringIO(out)))
-    assert table[0] == ["file", "prediction", *LABELS.split(",")] and table[1][0] == files[3]
+    assert table[0] == ["file", "prediction", *LABELS.split(","), "warnings"]
+    assert table[1][0] == files[3] and table[1][-1] == ""
+    assert all(r["warnings"] == [] for r in rows)
+
+
+def test_a_flat_lead_warning_reaches_json_csv_and_predict(model_dir: Path, tmp_path: Path,
+                                                           capsys) -> None:  # fmt: skip
+    import wfdb
+
+    import etp
+
+    sig, _ = wfdb.rdsamp(str(PTB / "00016_lr"))
+    sig[:, 6] = 0.0  # V1 disconnected
+    flat = tmp_path / "flat_v1.npy"
+    np.save(flat, sig)  # (1000, 12) at 100 Hz
+    files = [str(PTB / "00016_lr"), str(flat)]
+    rc, out, err = _run(capsys, "--model", str(model_dir), "--labels", LABELS, "--fs", "100",
+                        "--json", *files)  # fmt: skip
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert rows[0]["warnings"] == [] and len(rows[1]["warnings"]) == 1
+    assert "flat lead(s) ['V1']" in rows[1]["warnings"][0]
+    rc, out, err = _run(capsys, "--model", str(model_dir), "--labels", LABELS, "--fs", "100",
+                        "--csv", *files)  # fmt: skip
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert table[0]["warnings"] == "" and "flat lead(s) ['V1']" in table[1]["warnings"]
+    model = etp.load(str(model_dir))
+    df = model.predict(files, labels=LABELS.split(","), fs=100)
+    assert list(df.attrs["warnings"]) == [str(flat)]
+    assert "flat lead(s) ['V1']" in df.attrs["warnings"][str(flat)][0]
+    df = model.predict(sig.T, labels=LABELS.split(","), fs=100)
+    assert list(df.attrs["warnings"]) == ["array[0]"]
 
 
 def test_table_output_and_dataset_prompts(model_dir: Path, capsys) -> None:

@@ -66,10 +66,11 @@ def read_ecg(path: PathLike, fs: float | None = None) -> ECGSignal:
 
 
 def preprocess(signal: ECGSignal | np.ndarray, model: Any, fs: float | None = None,
-               pad: bool = False) -> np.ndarray:
+               pad: bool = False, warnings: list[str] | None = None) -> np.ndarray:
     """One raw ECG -> the (12, L) float32 input ``model`` expects, with the preprocessing the
     model was trained with (its directory's settings). ``signal``: an :class:`ECGSignal`, or a
-    (12, N) mV array with ``fs``. A record shorter than the input is an error unless ``pad``."""
+    (12, N) mV array with ``fs``. A record shorter than the input is an error unless ``pad``.
+    Amplitude warnings (a flat lead) are logged and appended to ``warnings`` when given."""
     from etp.eval.features import model_preprocess_config, preprocess_signal
 
     pcfg = model_preprocess_config(model)
@@ -79,7 +80,9 @@ def preprocess(signal: ECGSignal | np.ndarray, model: Any, fs: float | None = No
         if fs is None:
             raise DataError("preprocess: a raw array needs its sampling rate: pass fs=HZ")
         sig, rate, where = np.asarray(signal), float(fs), "signal"
-    return preprocess_signal(sig, rate, pcfg, where, pad=pad, pad_hint="pass pad=True")
+    return preprocess_signal(
+        sig, rate, pcfg, where, pad=pad, pad_hint="pass pad=True", warnings=warnings
+    )
 
 
 def _input_spec(model: Any) -> tuple[int, str]:
@@ -107,9 +110,17 @@ def check_input_length(model: Any, x: np.ndarray) -> None:
 
 
 def model_inputs(
-    model: Any, items: Any, fs: float | None = None, pad: bool = False
+    model: Any, items: Any, fs: float | None = None, pad: bool = False,
+    warnings: dict[str, list[str]] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Inputs (see the module doc) -> ``(x (n, 12, L) float32, names)`` ready for the model."""
+    """Inputs (see the module doc) -> ``(x (n, 12, L) float32, names)`` ready for the model;
+    ``warnings``, when a dict, gets ``{name: [warning, ...]}`` for inputs that raised amplitude
+    warnings (a flat lead)."""
+    sink: dict[str, list[str]] = {} if warnings is None else warnings
+
+    def found(name: str) -> list[str]:
+        return sink.setdefault(name, [])
+
     from etp.eval.features import model_preprocess_config, read_ecg_file
 
     if isinstance(items, (str, Path, ECGSignal)):
@@ -124,7 +135,8 @@ def model_inputs(
         if fs is None:
             check_input_length(model, arr)
             return np.asarray(arr, dtype=np.float32), names
-        out = [preprocess(a, model, fs=fs, pad=pad) for a in arr]
+        out = [preprocess(a, model, fs=fs, pad=pad, warnings=found(n)) for a, n in zip(arr, names)]
+        _drop_empty(sink)
         return np.stack(out).astype(np.float32), names
     if not isinstance(items, Sequence) or not items:
         raise DataError(
@@ -135,19 +147,30 @@ def model_inputs(
     names: list[str] = []
     for i, item in enumerate(items):
         if isinstance(item, (str, Path)):
-            rows.append(read_ecg_file(item, pcfg, fs=fs, pad=pad))
             names.append(str(item))
+            rows.append(read_ecg_file(item, pcfg, fs=fs, pad=pad, warnings=found(names[-1])))
         elif isinstance(item, ECGSignal):
-            rows.append(preprocess(item, model, pad=pad))
             names.append(item.source or f"signal[{i}]")
+            rows.append(preprocess(item, model, pad=pad, warnings=found(names[-1])))
         elif isinstance(item, np.ndarray):
-            x, _ = model_inputs(model, item if item.ndim == 3 else item[None], fs=fs, pad=pad)
+            inner: dict[str, list[str]] = {}
+            x, _ = model_inputs(
+                model, item if item.ndim == 3 else item[None], fs=fs, pad=pad, warnings=inner
+            )
             rows.extend(x)
             names.extend(f"array[{i}]" for _ in range(len(x)))
+            for more in inner.values():
+                found(f"array[{i}]").extend(more)
         else:
             raise DataError(f"input {i}: expected a path, an ECGSignal or an array, "
                             f"got {type(item).__name__}")
+    _drop_empty(sink)
     return np.stack(rows).astype(np.float32), names
+
+
+def _drop_empty(warnings: dict[str, list[str]]) -> None:
+    for name in [k for k, v in warnings.items() if not v]:
+        del warnings[name]
 
 
 def predict(
@@ -160,7 +183,8 @@ def predict(
     reports: Sequence[str] | None = None,
 ) -> Any:
     """Zero-shot class probabilities as a pandas DataFrame (one row per input, one column per
-    class; ``prediction`` column last).
+    class; ``prediction`` column last). ``df.attrs["warnings"]``: ``{input: [warning, ...]}``
+    for inputs with amplitude warnings (a flat lead), also logged.
 
     ``labels``: class names (free text, or codes/names of ``dataset``); default: the classes of
     ``dataset``, else of the model's default dataset. Prompts: the model's shipped zero-shot
@@ -185,7 +209,8 @@ def predict(
         classes = table.classes(dataset)
     else:
         classes = merge_labels(list(labels), "labels")
-    x, names = model_inputs(model, items, fs=fs, pad=pad)
+    warnings: dict[str, list[str]] = {}
+    x, names = model_inputs(model, items, fs=fs, pad=pad, warnings=warnings)
     emb = model.embed_ecg(x)
     resolved = resolve_zero_shot(model, classes, dataset, table, reports=reports)
     scale = float(model.model.scale().detach())
@@ -193,6 +218,7 @@ def predict(
     df = pd.DataFrame(probs, index=pd.Index(names, name="input"), columns=classes)
     df["prediction"] = [classes[int(k)] for k in probs.argmax(axis=1)]
     df.attrs["prompts"] = resolved.description
+    df.attrs["warnings"] = warnings
     return df
 
 

@@ -2,8 +2,9 @@
 
 ECG files are read and preprocessed exactly as for ``etp zero-shot``. Rows follow the order of
 the arguments: first the ECG files, then the texts. A ``.npy`` output gets a sidecar
-``<name>.rows.csv`` (row, kind, source) saying which row is which; a ``.csv`` output carries
-those columns itself, followed by the embedding values ``e0 … e{D-1}``.
+``<name>.rows.csv`` (row, kind, source, warnings: the input's amplitude warnings, e.g. a flat
+lead) saying which row is which; a ``.csv`` output carries those columns itself, followed by
+the embedding values ``e0 … e{D-1}``.
 """
 
 from __future__ import annotations
@@ -110,18 +111,22 @@ def read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def write_embeddings(
-    out: Path, emb: np.ndarray, kinds: list[str], sources: list[str]
+    out: Path, emb: np.ndarray, kinds: list[str], sources: list[str],
+    warnings: list[list[str]] | None = None,
 ) -> list[Path]:
-    """Write ``emb`` (n, D) to ``out`` (.npy + .rows.csv sidecar, or .csv); returns the paths."""
+    """Write ``emb`` (n, D) to ``out`` (.npy + .rows.csv sidecar, or .csv); returns the paths.
+    The ``warnings`` column holds each row's input warnings (e.g. a flat lead), ``; ``-joined."""
+    warned = list(warnings or []) + [[]] * (len(kinds) - len(warnings or []))
     from etp.io import atomic_path, atomic_write_text
 
     def rows_csv(with_values: bool) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        head = ["row", "kind", "source"]
+        head = ["row", "kind", "source", "warnings"]
         w.writerow(head + ([f"e{j}" for j in range(emb.shape[1])] if with_values else []))
-        for i, (k, s) in enumerate(zip(kinds, sources)):
-            w.writerow([i, k, s] + ([f"{float(v):.7g}" for v in emb[i]] if with_values else []))
+        for i, (k, s, wn) in enumerate(zip(kinds, sources, warned)):
+            values = [f"{float(v):.7g}" for v in emb[i]] if with_values else []
+            w.writerow([i, k, s, "; ".join(wn), *values])
         return buf.getvalue()
 
     if out.suffix.lower() == ".csv":
@@ -198,9 +203,10 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model_dir(args.model, device=args.device)
     apply_views(loaded, args)
     parts: list[np.ndarray] = []
+    warnings: list[list[str]] = []
     if files:
         pcfg = model_preprocess_config(loaded)
-        x = read_ecg_files(files, pcfg, fs=args.fs, pad=args.pad)
+        x = read_ecg_files(files, pcfg, fs=args.fs, pad=args.pad, warnings=warnings)
         kind = "features" if args.features else "embedding"
         parts.append(
             embed_arrays(
@@ -218,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         parts.append(np.asarray(loaded.embed_texts(texts), dtype=np.float32))
     emb = np.concatenate(parts)
     kinds = ["ecg"] * len(files) + ["text"] * len(texts)
-    written = write_embeddings(out, emb, kinds, files + texts)
+    written = write_embeddings(out, emb, kinds, files + texts, warnings)
     if args.map:
         written.append(write_map(Path(args.map), emb[: len(files)], files, args.color_by))
     what = "features" if args.features else "embeddings"

@@ -246,25 +246,29 @@ def load_text_model(path: str, device: str = "cpu") -> Any:
 
 
 def format_output(
-    files: list[str], labels: list[str], probs: np.ndarray, pred: np.ndarray, kind: str
+    files: list[str], labels: list[str], probs: np.ndarray, pred: np.ndarray, kind: str,
+    warnings: list[list[str]] | None = None,
 ) -> str:
-    """Render per-file probabilities as a table, JSON or CSV."""
+    """Render per-file probabilities as a table, JSON or CSV; JSON and CSV carry each file's
+    input warnings (e.g. a flat lead; ``warnings``, one list per file) beside its result."""
+    warned = warnings if warnings is not None else [[] for _ in files]
     if kind == "json":
         rows = [
             {
                 "file": f,
                 "prediction": labels[int(k)],
                 "probabilities": {lab: round(float(v), 6) for lab, v in zip(labels, pr)},
+                "warnings": list(wn),
             }
-            for f, pr, k in zip(files, probs, pred)
+            for f, pr, k, wn in zip(files, probs, pred, warned)
         ]
         return json.dumps(rows, indent=2, ensure_ascii=False)
     if kind == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["file", "prediction", *labels])
-        for f, pr, k in zip(files, probs, pred):
-            w.writerow([f, labels[int(k)], *(f"{float(v):.6f}" for v in pr)])
+        w.writerow(["file", "prediction", *labels, "warnings"])
+        for f, pr, k, wn in zip(files, probs, pred, warned):
+            w.writerow([f, labels[int(k)], *(f"{float(v):.6f}" for v in pr), "; ".join(wn)])
         return buf.getvalue().rstrip("\n")
     from etp.eval.report import markdown_table
 
@@ -292,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_text_model(args.model, device=args.device)
     apply_views(loaded, args)
     pcfg = model_preprocess_config(loaded)
-    x = read_ecg_files(list(args.files), pcfg, fs=args.fs, pad=args.pad)
+    warnings: list[list[str]] = []
+    x = read_ecg_files(list(args.files), pcfg, fs=args.fs, pad=args.pad, warnings=warnings)
     emb = embed_arrays(loaded, x, "embedding", batch_size=args.batch_size, bf16=args.bf16)
     scale = float(loaded.model.scale().detach())
     resolved = resolve_zero_shot(loaded, labels, dataset, table, options, reports)
@@ -300,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     pred = probs.argmax(axis=1)
     kind = "json" if args.json else "csv" if args.csv else "table"
     files = [str(f) for f in args.files]
-    print(format_output(files, labels, probs, pred, kind))
+    print(format_output(files, labels, probs, pred, kind, warnings))
     if args.plot:
         from etp.eval.ecg_plot import plot_prediction_files
 

@@ -64,6 +64,7 @@ from etp.data.fingerprint import (
     read_digests,
     relpath,
 )
+from etp.data.readers import DATASETS
 from etp.data.records import RecordInfo
 from etp.data.signal import N_LEADS, PreprocessConfig, preprocess
 from etp.data.signal_io import check_amplitude
@@ -72,7 +73,6 @@ from etp.io import atomic_dir, atomic_write_json, ensure_space
 
 log = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("ptbxl", "cpsc2018", "manifest")
 #: PrepareConfig fields that are reader options, and the datasets each applies to
 READER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     # config field: (reader keyword, datasets)

@@ -103,6 +103,8 @@ def run_batches(
     """
     views = views_of(model, views)
     _check_readout(kind, pooling)
+    if kind == "embedding" and hasattr(model, "check_ecg_head"):  # a loaded model directory
+        model.check_ecg_head()
     module = inference_module(model, bf16)
     fn = partial(module.features, pooling=pooling) if kind == "features" else module.embed_ecg
     device = _device_of(module)
@@ -239,7 +241,8 @@ def model_preprocess_config(model: Any) -> Any:
 
 
 def read_ecg_file(
-    path: str | Path, pcfg: Any, fs: float | None = None, pad: bool = False
+    path: str | Path, pcfg: Any, fs: float | None = None, pad: bool = False,
+    warnings: list[str] | None = None,
 ) -> np.ndarray:
     """Read one ECG file and preprocess it exactly like the model's training data -> (12, L).
 
@@ -249,6 +252,7 @@ def read_ecg_file(
     it is accepted only when it already has the model's input length (taken to be at the model's
     rate), else a :class:`~etp.errors.DataError` asks for ``--fs``. A record shorter than the
     model's input is an error naming the file unless ``pad`` (zero-padding, as in training).
+    Amplitude warnings (a flat lead) are logged and appended to ``warnings`` when given.
     """
     from etp.data.signal_io import read_signal_file
     from etp.errors import DataError
@@ -283,17 +287,19 @@ def read_ecg_file(
         )
     else:
         sig, rate = read_signal_file(p, fs=fs)
-    return preprocess_signal(sig, rate, pcfg, str(p), pad=pad)
+    return preprocess_signal(sig, rate, pcfg, str(p), pad=pad, warnings=warnings)
 
 
 def preprocess_signal(
     sig: np.ndarray, rate: float, pcfg: Any, where: str, pad: bool = False,
-    pad_hint: str = "pass --pad",
+    pad_hint: str = "pass --pad", warnings: list[str] | None = None,
 ) -> np.ndarray:
     """A raw (12, N) mV signal at ``rate`` Hz -> the model's (12, L) input (``pcfg``).
 
     A record shorter than the model's input is a :class:`~etp.errors.DataError` naming
-    ``where`` unless ``pad`` (zero-padding, as in training).
+    ``where`` unless ``pad`` (zero-padding, as in training). Amplitude warnings
+    (:func:`~etp.data.signal_io.check_amplitude`: a flat lead) are logged and, when ``warnings``
+    is a list, appended to it, so that outputs can carry them beside the record's result.
     """
     from etp.data.signal import preprocess
     from etp.data.signal_io import check_amplitude
@@ -309,13 +315,23 @@ def preprocess_signal(
         )
     for warning in check_amplitude(sig, where):  # absurd or all-flat signals raise
         log.warning("%s", warning)
+        if warnings is not None:
+            warnings.append(warning)
     return preprocess(sig, rate, pcfg, record_id=where)
 
 
 def read_ecg_files(
-    paths: list[str | Path], pcfg: Any, fs: float | None = None, pad: bool = False
+    paths: list[str | Path], pcfg: Any, fs: float | None = None, pad: bool = False,
+    warnings: list[list[str]] | None = None,
 ) -> np.ndarray:
-    """:func:`read_ecg_file` for each path -> (n, 12, L) float32 (the first bad file raises)."""
+    """:func:`read_ecg_file` for each path -> (n, 12, L) float32 (the first bad file raises);
+    ``warnings``, when a list, gets each file's list of amplitude warnings."""
     if not paths:
         return np.zeros((0, 12, pcfg.n_samples), dtype=np.float32)
-    return np.stack([read_ecg_file(p, pcfg, fs=fs, pad=pad) for p in paths]).astype(np.float32)
+    rows = []
+    for p in paths:
+        found: list[str] = []
+        rows.append(read_ecg_file(p, pcfg, fs=fs, pad=pad, warnings=found))
+        if warnings is not None:
+            warnings.append(found)
+    return np.stack(rows).astype(np.float32)

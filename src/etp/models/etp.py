@@ -344,6 +344,22 @@ class LoadedModel:
         return int(self.config.embed_dim)
 
     @property
+    def ecg_head_trained(self) -> bool:
+        """False where the objective never trained the ECG projection head (BYOL, SimSiam, CPC,
+        TS-TCC read the encoder only): such a model's ECG embeddings mean nothing."""
+        return bool((self.extra.get("objective") or {}).get("trains_ecg_head", True))
+
+    def check_ecg_head(self) -> None:
+        """A one-line :class:`ModelError` when :attr:`ecg_head_trained` is False."""
+        if not self.ecg_head_trained:
+            raise ModelError(
+                f"{self.path}: this {self.method!r} model's ECG projection head was never "
+                "trained (its objective reads the encoder only), so its embeddings mean "
+                "nothing; use encoder features instead (model.features(...), or etp embed "
+                "--features)"
+            )
+
+    @property
     def has_text(self) -> bool:
         """Whether this model can embed texts (has a text head and a text model spec)."""
         return self.model.text_head is not None and self.text_spec is not None
@@ -428,7 +444,8 @@ class LoadedModel:
 
     def embed_ecg(self, x: Any, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
         """L2-normalised ECG embeddings ``(B, leads, L) -> (B, embed_dim)`` float32, averaged
-        over :attr:`views`."""
+        over :attr:`views`; refused for a model whose ECG head was never trained."""
+        self.check_ecg_head()
         return self._run(x, self.model.embed_ecg, batch_size, precision, embedding=True)
 
     def text_encoder(self) -> Any:

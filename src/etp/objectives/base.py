@@ -19,6 +19,9 @@ context network), declares what it needs from the run, and turns a batch into a 
 * :meth:`inputs` prepares a batch on the CPU (augmented views: they draw from the run's
   checkpointed generator), :meth:`forward` computes ``(loss, logs)`` on the device: the loop wraps
   the objective in DistributedDataParallel, so everything that needs gradients runs there;
+* ``log_names``: the names of the values :meth:`forward` returns in ``logs`` (floats, e.g. the
+  parts of a composite loss); the loop averages them over each log window and writes them as
+  extra ``train_log.csv`` columns (and TensorBoard scalars ``train/<name>``);
 * :meth:`after_step` updates what is not trained by the optimiser (an EMA target network);
 * :meth:`trained_on_crops` says whether test-time crops match what the encoder saw.
 
@@ -98,6 +101,7 @@ class Objective(nn.Module):
     trains: ClassVar[bool] = True
     trains_ecg_head: ClassVar[bool] = True
     learns_temperature: ClassVar[bool] = False
+    log_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, options: Any, ctx: RunContext) -> None:
         super().__init__()

@@ -145,6 +145,7 @@ class TSTCCObjective(Objective):
     used; the ECG projection head is not trained (the linear probe reads the encoder)."""
 
     name = "ts-tcc"
+    log_names = ("tc_weak_strong", "tc_strong_weak", "cc")
     trains_ecg_head = False
     Options = TSTCCOptions
 

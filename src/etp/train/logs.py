@@ -4,6 +4,7 @@ TensorBoard when it is installed."""
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,37 @@ class CsvLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class LogWindow:
+    """Running sums between two log rows: the mean loss, the objective's own logs (``names``) and
+    the samples/s of the steps since the last :meth:`flush`."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.steps = 0.0, 0
+        self.logs = dict.fromkeys(self.names, 0.0)
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: float, logs: dict[str, float]) -> None:
+        self.loss += loss
+        self.steps += 1
+        for k, v in logs.items():
+            self.logs[k] += float(v)
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        """``loss``, ``samples_per_s`` and each log name, averaged over the window; starts a new one."""
+        n = max(self.steps, 1)
+        row = {
+            "loss": self.loss / n,
+            "samples_per_s": self.steps * batch_size / max(time.perf_counter() - self.t0, 1e-9),
+            **{k: v / n for k, v in self.logs.items()},
+        }
+        self._reset()
+        return row
 
 
 def _fmt(v: Any) -> str:

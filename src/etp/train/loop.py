@@ -46,7 +46,7 @@ from etp.io import atomic_write_json
 from etp.models.channels_last import enable_channels_last
 from etp.objectives.base import Batch, RunContext
 from etp.train import checkpoint as ckpt
-from etp.train.logs import CsvLog, tensorboard
+from etp.train.logs import CsvLog, LogWindow, tensorboard
 from etp.train.settings import validate_config, warn_emulated_bf16
 
 log = logging.getLogger(__name__)
@@ -299,9 +299,10 @@ class _Run:
 
     def _loss(
         self, x: Tensor, idx: Tensor, gen: torch.Generator, call: Callable[[Any], Any]
-    ) -> Tensor:
-        """Loss of one batch (``x`` on the CPU, ``idx`` cache rows) through ``call`` (the trained,
-        possibly DDP-wrapped, objective; or the objective on the weight average)."""
+    ) -> tuple[Tensor, dict[str, float]]:
+        """(loss, the objective's logs) of one batch (``x`` on the CPU, ``idx`` cache rows) through
+        ``call`` (the trained, possibly DDP-wrapped, objective; or the objective on the weight
+        average)."""
         if not torch.isfinite(x).all():
             bad = idx[~torch.isfinite(x).flatten(1).all(1)]
             ids = self.prepared.meta["record_id"].astype(str).to_numpy()[bad.numpy()][:5].tolist()
@@ -311,8 +312,13 @@ class _Run:
             )
         text = None if self.text_emb is None else self.text_emb[self.text_row[idx]]
         batch = Batch(x=x, rows=idx, generator=gen, text=text, patients=self.patients[idx])
-        loss, _logs = call(self.objective.inputs(batch))
-        return loss
+        loss, logs = call(self.objective.inputs(batch))
+        if set(logs) != set(self.objective_cls.log_names):
+            raise TrainingError(
+                f"objective {self.objective_cls.name!r} returned logs {sorted(logs)} but declares "
+                f"log_names {list(self.objective_cls.log_names)}; make them the same"
+            )
+        return loss, logs
 
     @torch.no_grad()
     def _validate(self) -> float | None:
@@ -331,7 +337,7 @@ class _Run:
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 7919)
         total = torch.zeros(2, dtype=torch.float64)
         for x, idx in self.val_loader:
-            loss = self._loss(x, idx, gen, call)
+            loss, _ = self._loss(x, idx, gen, call)
             total += torch.tensor([float(loss) * x.shape[0], x.shape[0]], dtype=torch.float64)
         self.step_module.train()
         if is_distributed():
@@ -479,7 +485,8 @@ class _Run:
         tb = None
         if self.main:
             keep = pos.step if resume else None
-            train_log = CsvLog(self.out / "train_log.csv", TRAIN_LOG_COLUMNS, keep)
+            columns = TRAIN_LOG_COLUMNS + self.objective_cls.log_names
+            train_log = CsvLog(self.out / "train_log.csv", columns, keep)
             val_log = CsvLog(self.out / "val_log.csv", VAL_LOG_COLUMNS, keep)
             tb = tensorboard(self.out)
         try:
@@ -529,11 +536,10 @@ class _Run:
                 dynamic_ncols=True,
                 leave=False,
             )
-            window_loss, window_steps = 0.0, 0
-            t_window = time.perf_counter()
+            window = LogWindow(self.objective_cls.log_names)
             t_epoch, epoch_samples = time.perf_counter(), 0
             for x, idx in self.train_loader:
-                loss = self._loss(x, idx, self.aug_gen, self.step_module)
+                loss, logs = self._loss(x, idx, self.aug_gen, self.step_module)
                 value = float(loss.detach())
                 finite = math.isfinite(value)
                 if is_distributed():
@@ -553,30 +559,26 @@ class _Run:
                 self.objective.after_step(pos.step, self.total_steps)
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
-                window_loss += value
-                window_steps += 1
+                window.add(value, logs)
                 epoch_samples += global_bs
                 bar.update(1)
                 if pos.step % t.log_every_steps == 0 or pos.batch == self.steps_per_epoch:
-                    now = time.perf_counter()
-                    sps = window_steps * global_bs / max(now - t_window, 1e-9)
                     temperature = self.objective.temperature()
                     row = {
                         "step": pos.step,
                         "epoch": epoch + 1,
-                        "loss": window_loss / window_steps,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "temperature": "" if temperature is None else temperature,
-                        "samples_per_s": sps,
+                        **window.flush(global_bs),
                     }
+                    sps = row["samples_per_s"]
                     bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{sps:.0f}")
                     if train_log is not None:
                         train_log.write(**row)
                     if tb is not None:
-                        for k in ("loss", "lr", "temperature", "samples_per_s"):
+                        for k in ("loss", "lr", "temperature", "samples_per_s", *window.names):
                             if row[k] != "":
                                 tb.add_scalar(f"train/{k}", row[k], pos.step)
-                    window_loss, window_steps, t_window = 0.0, 0, time.perf_counter()
                 if every and pos.step % every == 0 and pos.batch < self.steps_per_epoch:
                     self._save_checkpoint(pos)
             bar.close()
