@@ -107,6 +107,43 @@ def test_paper_settings_etp_is_a_method_with_the_papers_settings() -> None:
     assert set(labels) <= set(PAPER_TABLE1)  # each of our rows pairs with the paper's
 
 
+def test_every_table1_baseline_trains_with_its_own_config_file(tmp_path: Path) -> None:
+    """``method_pretrain.NAME.config`` starts a method from its configs/<method>-ptbxl.yaml (model,
+    train and objective sections; the data section is the benchmark's): every Table 1 method of
+    the PTB-XL benchmark, each with the hyperparameters written once in its own file."""
+    from etp.config import read_yaml
+    from etp.eval.report import PAPER_TABLE1, method_label
+
+    cfg = load_benchmark_config(str(REPO / "configs" / "benchmark-ptbxl.yaml"))
+    want = {"etp", "etp-paper", "simclr", "random", "byol", "simsiam", "cpc", "ts-tcc",
+            "clocs-cmsc", "clocs-cmlc"}  # fmt: skip
+    assert set(cfg.methods) == want
+    rot = Rotation(4, 3, [1, 2, 5, 6, 7, 8, 9, 10])
+    for name in ("byol", "simsiam", "cpc", "ts-tcc", "clocs-cmsc", "clocs-cmlc"):
+        own = read_yaml(REPO / "configs" / f"{name}-ptbxl.yaml")
+        pc = pretrain_config(cfg, name, 1, rot, "out", "c")
+        assert pc.train.method == own["train"]["method"] and pc.objective == own["objective"]
+        for key in ("epochs", "batch_size", "lr", "weight_decay"):
+            assert getattr(pc.train, key) == own["train"][key], (name, key)
+        assert (pc.data.cache, pc.data.exclude_folds, pc.data.val_folds) == ("c", [4], [3])
+        assert (pc.train.seed, pc.train.out_dir) == (1, "out")
+        assert method_label(name).split(" (")[0] in PAPER_TABLE1
+    assert method_label("clocs-cmsc") == "CLOCS (CMSC)"
+    # keys beside `config` override the file's; a missing file is one error line
+    byol = str(REPO / "configs" / "byol-ptbxl.yaml")
+    over = load_benchmark_config(
+        str(REPO / "configs" / "benchmark-ptbxl.yaml"),
+        [f"method_pretrain.byol={{config: {byol}, train: {{epochs: 7}}}}"],
+    )
+    pc = pretrain_config(over, "byol", 0, rot, "out", "c")
+    assert pc.train.epochs == 7 and pc.objective["tau_base"] == 0.996
+    with pytest.raises(ConfigError, match=r"config file not found: .*nosuch\.yaml"):
+        load_benchmark_config(
+            str(REPO / "configs" / "benchmark-ptbxl.yaml"),
+            [f"method_pretrain.byol={{config: {tmp_path / 'nosuch.yaml'}}}"],
+        )
+
+
 def test_pooled_stats_mean_std_and_ci() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)

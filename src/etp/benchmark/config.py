@@ -40,8 +40,9 @@ class BenchmarkConfig:
     methods: list[str] = _f(
         list(DEFAULT_METHODS),
         "methods to benchmark: registered objectives (etp, simclr, random, byol, simsiam, cpc, "
-        "ts-tcc, clocs), or names of your own whose method_pretrain.NAME.train.method names the "
-        "objective (e.g. etp-paper: ETP with the paper's settings)",
+        "ts-tcc, clocs), or names of your own whose method_pretrain.NAME.train.method (or the "
+        "file of method_pretrain.NAME.config) names the objective (e.g. etp-paper: ETP with the "
+        "paper's settings; clocs-cmsc: configs/clocs-cmsc-ptbxl.yaml)",
     )
     seeds: list[int] = _f([0], "seeds (pretraining, probe, bootstrap)")
     method_seeds: dict[str, list[int]] = _f(
@@ -62,7 +63,12 @@ class BenchmarkConfig:
         "last", "'last' epoch (fixed schedule, the paper's) or 'best' (lowest validation loss)"
     )
     pretrain: dict[str, Any] = _f({}, "PretrainConfig mapping shared by all methods")
-    method_pretrain: dict[str, Any] = _f({}, "per-method PretrainConfig mappings (override)")
+    method_pretrain: dict[str, Any] = _f(
+        {},
+        "per-method PretrainConfig mappings over the shared one; the key `config: FILE` starts "
+        "from a pretraining config file's model/train/objective sections (its data section is "
+        "the benchmark's), e.g. `byol: {config: configs/byol-ptbxl.yaml}`",
+    )
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     zero_shot: list[PromptOptions] = _f([], "prompt variants compared (first = paper's)")
     zero_shot_default: str = _f(
@@ -147,7 +153,8 @@ def validate(cfg: BenchmarkConfig) -> None:
         if objective_of(cfg, method) not in objectives.names():
             raise ConfigError(
                 f"methods: {method!r} is not a registered objective ({', '.join(objectives.names())}) "
-                f"and method_pretrain.{method}.train.method does not name one"
+                f"and neither method_pretrain.{method}.train.method nor the file of "
+                f"method_pretrain.{method}.config names one"
             )
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is needed")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etp.config import PretrainConfig, from_dict, to_dict
+from etp.config import PretrainConfig, from_dict, read_yaml, to_dict
 from etp.errors import ConfigError, DataError
 from etp.io import atomic_write_json
 
@@ -25,11 +25,32 @@ log = logging.getLogger(__name__)
 DEFAULT_METHODS = ("etp", "simclr", "random")
 
 
+def method_settings(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
+    """The per-method PretrainConfig mapping of ``method``: the pretraining config file named by
+    ``method_pretrain.METHOD.config`` (e.g. ``configs/byol-ptbxl.yaml``: its model, train and
+    objective sections, so a baseline's own hyperparameters are written once; its data section
+    is not used, the benchmark sets the cache and folds), with the other keys of
+    ``method_pretrain.METHOD`` over it."""
+    own = json.loads(json.dumps(cfg.method_pretrain.get(method) or {}))
+    path = own.pop("config", None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"method_pretrain.{method}.config: expected a YAML file path")
+        data = {k: v for k, v in read_yaml(path).items() if k != "data"}
+    for section, values in own.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section].update(values)
+        else:
+            data[section] = values
+    return data
+
+
 def objective_of(cfg: BenchmarkConfig, method: str) -> str:
-    """The objective (``train.method``) a benchmark method trains with: its
-    ``method_pretrain.METHOD.train.method`` when given (e.g. ``etp-paper`` trains ``etp`` with
-    other settings), else the method's own name."""
-    train = (cfg.method_pretrain.get(method) or {}).get("train") or {}
+    """The objective (``train.method``) a benchmark method trains with: the method's settings'
+    ``train.method`` when given (e.g. ``etp-paper`` trains ``etp`` with other settings;
+    ``clocs-cmsc`` names the file that says ``clocs``), else the method's own name."""
+    train = method_settings(cfg, method).get("train") or {}
     return str(train.get("method", method))
 
 
@@ -82,9 +103,10 @@ def seeds_of(cfg: BenchmarkConfig, method: str) -> list[int]:
 def pretrain_config(
     cfg: BenchmarkConfig, method: str, seed: int, rotation: Rotation, out: str, cache: str = ""
 ) -> PretrainConfig:
-    """The PretrainConfig of one (method, seed, rotation): shared + per-method + fixed keys."""
+    """The PretrainConfig of one (method, seed, rotation): shared + per-method
+    (:func:`method_settings`) + fixed keys."""
     data: dict[str, Any] = json.loads(json.dumps(cfg.pretrain))
-    for section, values in (cfg.method_pretrain.get(method) or {}).items():
+    for section, values in method_settings(cfg, method).items():
         if isinstance(values, dict):
             data.setdefault(section, {}).update(values)
         else:

@@ -90,6 +90,8 @@ METHOD_LABELS: dict[str, str] = {
     "cpc": "CPC",
     "ts-tcc": "TS-TCC",
     "clocs": "CLOCS",
+    "clocs-cmsc": "CLOCS (CMSC)",
+    "clocs-cmlc": "CLOCS (CMLC)",
 }
 DATASET_LABELS: dict[str, str] = {"ptbxl": "PTB-XL", "cpsc2018": "CPSC2018"}
 
