@@ -39,6 +39,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 #: config files that are not one method's Table 1 config
 NOT_METHOD_CONFIGS = {"benchmark"}
+#: models per method in configs/benchmark-ptbxl.yaml: ten fold rotations x three seeds
+MODELS_PER_METHOD = 30
 
 
 def method_configs() -> dict[str, Path]:
@@ -157,20 +159,24 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         f"- timing: one warm-up epoch, then {res['steps']}+ steps timed (median step); "
         f"{res['rounds']} round(s), order reversed every other round, best round kept",
         "",
-        "| method | config | batch | samples/s | vs ETP | one benchmark model (train records x epochs) |",
-        "|---|---|---:|---:|---:|---|",
+        "| method | config | batch | samples/s | vs ETP | one benchmark model (train records x "
+        f"epochs) | the rotated benchmark ({MODELS_PER_METHOD} models: 10 rotations x 3 seeds) |",
+        "|---|---|---:|---:|---:|---|---:|",
     ]
-    for name, r in res["methods"].items():
+    order = sorted(res["methods"], key=lambda k: (k != "etp", k))
+    for name in order:
+        r = res["methods"][name]
         ratio = f"{r['samples_per_s'] / etp:.2f}x" if etp else "n/a"
         secs = r["train_records"] * r["config_epochs"] / r["samples_per_s"]
         lines.append(
             f"| {name} | `{r['config']}` | {r['batch_size']} | {r['samples_per_s']:.1f} | {ratio} "
-            f"| {r['train_records']} x {r['config_epochs']} = {secs / 60:.1f} min |"
+            f"| {r['train_records']} x {r['config_epochs']} = {secs / 60:.1f} min "
+            f"| {secs * MODELS_PER_METHOD / 3600:.1f} h |"
         )
     lines += [
         "",
         "All rounds (samples/s): " + "; ".join(
-            f"{k} {', '.join(f'{v:.1f}' for v in r['rounds_sps'])}" for k, r in res["methods"].items()
+            f"{k} {', '.join(f'{v:.1f}' for v in res['methods'][k]['rounds_sps'])}" for k in order
         ),
         "",
     ]
@@ -188,11 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per method and round")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the .md from the existing .json (no measurement)")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for every method")
     args = ap.parse_args(argv)
 
+    if args.report_only:
+        res = json.loads((args.out / "method_speed.json").read_text())
+        write_report(res, args.out)
+        return 0
     configs = method_configs()
     if args.only:
         wanted = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -210,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         precision, why = bf16_reason(args.device)
     else:
         precision, why = args.precision, "as asked on the command line"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     names = list(configs)
     best: dict[str, dict[str, Any]] = {}
     rounds: dict[str, list[float]] = {n: [] for n in names}
@@ -224,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['samples_per_s']:.1f} samples/s", flush=True)
     for name in names:
         best[name]["rounds_sps"] = rounds[name]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
     n = best[names[0]]["train_records"] if names else 0
     res = {
         "command": "python benchmarks/method_speed.py " + " ".join(argv or sys.argv[1:]),

@@ -49,6 +49,8 @@ def test_shipped_configs_are_valid() -> None:
         ("test_fold=9", "must differ"),
         ("zero_shot_default=nope", "zero_shot_default: 'nope' is not a zero_shot variant"),
         ("bogus=1", r"unknown config key\(s\): bogus"),
+        ("method_pretrain.nosuch.train.lr=0.1", r"method_pretrain\.nosuch: neither one of"),
+        ("method_seeds.nosuch=[1]", r"method_seeds\.nosuch: neither one of"),
         ("views=3x1", "views: 3 views of the whole record"),
         ("views=many", "views: expected N or NxF"),
     ],
@@ -129,6 +131,9 @@ def test_every_table1_baseline_trains_with_its_own_config_file(tmp_path: Path) -
         assert (pc.train.seed, pc.train.out_dir) == (1, "out")
         assert method_label(name).split(" (")[0] in PAPER_TABLE1
     assert method_label("clocs-cmsc") == "CLOCS (CMSC)"
+    # a subset of the methods runs with the others' entries kept
+    sub = load_benchmark_config(str(REPO / "configs" / "benchmark-ptbxl.yaml"), ["methods=[random]"])
+    assert sub.methods == ["random"] and "clocs-cmlc" in sub.method_pretrain
     # keys beside `config` override the file's; a missing file is one error line
     byol = str(REPO / "configs" / "byol-ptbxl.yaml")
     over = load_benchmark_config(

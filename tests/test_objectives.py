@@ -132,6 +132,23 @@ def test_logs_an_objective_does_not_declare_are_refused(
     assert "objective 'tiny-test' returned logs ['fit'] but declares log_names ['fit', 'other']" in err
 
 
+def test_emulated_bf16_warns_only_where_training_runs_autocast(
+    tiny_registered: type, ptbxl_sample_cache: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from etp.train import settings
+
+    monkeypatch.setattr(settings, "_cpu_has_bf16", lambda: False)
+    base = ["pretrain", f"data.cache={ptbxl_sample_cache}", "train.precision=bf16",
+            "data.train_folds=[1,2]", "data.val_folds=[9]", "data.exclude_folds=[10]"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="etp.train.settings"):
+        assert main(base + ["train.method=random", f"train.out_dir={tmp_path / 'r'}"]) == 0
+    assert "no bf16 instructions" not in caplog.text  # nothing trains, nothing is emulated
+    with caplog.at_level("WARNING", logger="etp.train.settings"):
+        settings.warn_emulated_bf16(torch.device("cpu"), "bf16")
+    assert "no bf16 instructions" in caplog.text and "train.precision=fp32" in caplog.text
+
+
 def test_random_init_saves_the_seeded_initialisation_without_reading_batches(
     ptbxl_sample_cache: Path, tmp_path: Path
 ) -> None:

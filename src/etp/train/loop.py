@@ -228,7 +228,8 @@ class _Run:
         from etp.models.etp import ETPModel
 
         t = self.cfg.train
-        warn_emulated_bf16(self.device, t.precision)
+        if self.objective_cls.trains:  # a random initialisation runs no autocast
+            warn_emulated_bf16(self.device, t.precision)
         seed_everything(t.seed)
         model = ETPModel(
             self.cfg.model, text_dim=self.text_dim if self.objective_cls.text_head else None,
