@@ -27,10 +27,8 @@ import csv
 import datetime
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,9 +61,11 @@ def bf16_reason(device: str) -> tuple[str, str]:
     """(precision, why) for ``--precision auto``."""
     import torch
 
+    from etp.train.settings import cpu_has_bf16
+
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return "bf16", "a CUDA device: bf16 autocast as the configs ask"
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu_has_bf16():
         return "bf16", "the CPU has bf16 instructions: bf16 autocast as the configs ask"
     return "fp32", (
         "the CPU has no bf16 instructions, so bf16 autocast would be emulated (about 1 ECG/s): "
@@ -83,8 +83,9 @@ def run_one(config: Path, cache: Path, out: Path, steps: int, precision: str, de
     cfg = load_config(PretrainConfig, config, [
         f"data.cache={cache}", f"train.out_dir={out}", f"train.precision={precision}",
         f"train.device={device}", f"train.num_workers={workers}", "train.progress=false",
-        "train.log_every_steps=1", "train.checkpoint_every_steps=0", "train.epochs=1",
+        "train.log_every_steps=1", "train.checkpoint_every_steps=0",
     ])
+    config_epochs = cfg.train.epochs
     cfg.train.epochs = 1 + math.ceil(steps / _steps_per_epoch(cfg))
     t0 = time.perf_counter()
     pretrain(cfg)
@@ -98,7 +99,7 @@ def run_one(config: Path, cache: Path, out: Path, steps: int, precision: str, de
         "config": str(config.relative_to(REPO)),
         "method": cfg.train.method,
         "batch_size": bs,
-        "config_epochs": load_config(PretrainConfig, config).train.epochs,
+        "config_epochs": config_epochs,
         "train_records": summary["n_train"],
         "steps_timed": len(step_s),
         "samples_per_s": bs / statistics.median(step_s),
@@ -109,35 +110,20 @@ def run_one(config: Path, cache: Path, out: Path, steps: int, precision: str, de
 def _steps_per_epoch(cfg: Any) -> int:
     from etp import objectives
     from etp.data.cache import load_prepared
-    from etp.data.selection import drop_empty_reports, select_records
+    from etp.data.selection import pretraining_records
 
-    meta = load_prepared(cfg.data.cache).meta
-    sel = select_records(meta, cfg.data)
-    if objectives.get(cfg.train.method).needs_reports:
-        sel = drop_empty_reports(meta, sel, "report")
+    needs_reports = objectives.get(cfg.train.method).needs_reports
+    sel = pretraining_records(load_prepared(cfg.data.cache).meta, cfg.data, needs_reports)
     return max(1, int(sel.train.size) // cfg.train.batch_size)
 
 
 def machine() -> dict[str, Any]:
-    import platform
+    """etp's record of the machine (:func:`etp.eval.report.machine_info`), plus whether the CPU
+    runs bf16 natively."""
+    from etp.eval.report import machine_info
+    from etp.train.settings import cpu_has_bf16
 
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
-        if line.startswith("model name")
-    ]
-    cpu = names[0] if names else ""
-    return {
-        "cpu": cpu or platform.processor(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "bf16_instructions": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    return {**machine_info(), "bf16_instructions": cpu_has_bf16()}
 
 
 def write_report(res: dict[str, Any], out_dir: Path) -> None:
@@ -150,9 +136,9 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         "",
         f"- command: `{res['command']}`",
         f"- date: {res['date']}; git commit: {res['commit']}",
-        f"- machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, bf16 instructions: "
-        f"{'yes' if m['bf16_instructions'] else 'no'}; GPU: {m['gpu'] or 'none'}; torch "
-        f"{m['torch']} ({m['threads']} threads)",
+        f"- machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, bf16 "
+        f"instructions: {'yes' if m['bf16_instructions'] else 'no'}; GPU: {m['cuda'] or 'none'}; "
+        f"torch {m['torch']} ({m['torch_threads']} threads)",
         f"- precision: {res['precision']} ({res['precision_why']}); device: {res['device']}; "
         f"DataLoader workers: {res['workers']}",
         f"- data: {res['records']}",
@@ -222,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         precision, why = bf16_reason(args.device)
     else:
         precision, why = args.precision, "as asked on the command line"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    from etp.eval.report import git_commit
+
+    commit = git_commit(REPO)  # at the start: the code that measures
     names = list(configs)
     best: dict[str, dict[str, Any]] = {}
     rounds: dict[str, list[float]] = {n: [] for n in names}

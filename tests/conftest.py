@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +23,28 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # text embeddings (etp.text.cache.default_cache_dir) go to a directory of this test session,
 # shared by the commands the tests run as subprocesses, never to the user's cache
 os.environ["ETP_CACHE_DIR"] = tempfile.mkdtemp(prefix="etp-test-cache-")
+
+
+@functools.cache
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def flat_lead_npy(tmp_path: Path, lead: int = 6) -> tuple[Path, np.ndarray]:
+    """The bundled PTB-XL record 16 (100 Hz) with one lead zeroed (default V1, a disconnected
+    electrode), saved as ``(1000, 12)`` ``.npy``; returns (path, the signal)."""
+    import wfdb
+
+    sig, _ = wfdb.rdsamp(str(SAMPLE_DIR / "ptb-xl" / "records100" / "00000" / "00016_lr"))
+    sig[:, lead] = 0.0
+    path = tmp_path / "flat_lead.npy"
+    np.save(path, sig)
+    return path, sig
 
 
 @pytest.fixture(scope="session")

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import benchmark_script
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _script() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "compare_results", REPO / "benchmarks" / "compare_results.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _results() -> dict[str, Any]:
@@ -56,7 +47,7 @@ def _write(path: Path, data: dict[str, Any]) -> Path:
 def test_identical_results_agree_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     a = _write(tmp_path / "a.json", _results())
     out = tmp_path / "report.md"
-    assert _script().main([str(a), str(a), "--methods", "etp", "--out", str(out)]) == 0
+    assert benchmark_script("compare_results").main([str(a), str(a), "--methods", "etp", "--out", str(out)]) == 0
     # etp: auc, f1, HYP auc (NaN == NaN), HYP n, two CI ends, zero-shot auc, the chosen weight
     # decay; the boolean "chosen", strings, simclr, n_test and the wall time are not compared
     assert "**8 of 8 figures agree**; 0 differ" in capsys.readouterr().out
@@ -72,24 +63,24 @@ def test_a_changed_figure_and_a_missing_one_are_listed(tmp_path: Path) -> None:
     new["results"]["ptbxl"]["linear_probe"]["simclr"]["1.0"]["per_seed"][0]["f1"] = 0.5
     a, b = _write(tmp_path / "new.json", new), _write(tmp_path / "old.json", _results())
     out = tmp_path / "report.md"
-    assert _script().main([str(a), str(b), "--methods", "etp,simclr", "--out", str(out)]) == 1
+    assert benchmark_script("compare_results").main([str(a), str(b), "--methods", "etp,simclr", "--out", str(out)]) == 1
     text = out.read_text()
     assert "**7 of 9 figures agree**; 2 differ; 0 only in the new file, 1 only in the old one" in text
     assert "| `ptbxl/linear_probe/etp/1.0/per_seed[0]/auc` | 0.87 | 0.86 | +0.01 |" in text
     assert "- `ptbxl/zero_shot/etp/en/average/auc`" in text
     # within a tolerance the changed figures agree
-    assert _script().main([str(a), str(b), "--methods", "etp,simclr", "--tol", "0.05"]) == 1
-    assert _script().main([str(a), str(a), "--methods", "etp,simclr", "--tol", "0.05"]) == 0
+    assert benchmark_script("compare_results").main([str(a), str(b), "--methods", "etp,simclr", "--tol", "0.05"]) == 1
+    assert benchmark_script("compare_results").main([str(a), str(a), "--methods", "etp,simclr", "--tol", "0.05"]) == 0
 
 
 def test_nan_against_a_number_differs() -> None:
-    mod = _script()
+    mod = benchmark_script("compare_results")
     agree, diffs, _, _ = mod.compare({"x": float("nan"), "y": 1.0}, {"x": 0.5, "y": 1.0}, 0.1)
     assert agree == 1 and [d[0] for d in diffs] == ["x"]
 
 
 def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
-    mod = _script()
+    mod = benchmark_script("compare_results")
     good = _write(tmp_path / "good.json", _results())
     with pytest.raises(SystemExit, match="missing.json: no such file"):
         mod.main([str(tmp_path / "missing.json"), str(good)])
@@ -119,5 +110,5 @@ def test_bad_flags_are_refused(
 ) -> None:
     good = str(_write(tmp_path / "good.json", _results()))
     with pytest.raises(SystemExit) as exc:
-        _script().main([good, good, *flags])
+        benchmark_script("compare_results").main([good, good, *flags])
     assert exc.value.code == 2 and message in capsys.readouterr().err

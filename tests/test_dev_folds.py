@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +10,10 @@ import pytest
 from etp.benchmark import BenchmarkConfig, check_dev_folds, load_benchmark_config, rotations
 from etp.errors import ConfigError
 
+from conftest import benchmark_script
+
 REPO = Path(__file__).resolve().parents[1]
 PTBXL = str(REPO / "configs" / "benchmark-ptbxl.yaml")
-
-
-def _script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_shipped_config_declares_the_development_folds() -> None:
@@ -43,7 +36,7 @@ def test_check_dev_folds_names_the_clean_folds() -> None:
 def test_dev_rotations_refuses_a_clean_fold(
     rotation: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    script = _script("dev_rotations")
+    script = benchmark_script("dev_rotations")
     argv = ["x", "--rotations", rotation, "--root", str(tmp_path / "none"),
             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.jsonl")]
     with pytest.raises(SystemExit) as exc:
@@ -55,7 +48,7 @@ def test_dev_rotations_refuses_a_clean_fold(
 
 
 def test_dev_rotations_with_a_config_without_dev_folds_refuses_everything(tmp_path: Path) -> None:
-    script = _script("dev_rotations")
+    script = benchmark_script("dev_rotations")
     quick = str(REPO / "configs" / "quickstart-benchmark.yaml")
     with pytest.raises(SystemExit, match=r"\[6, 7, 8, 9\] not in dev_folds \[\]"):
         script.main(["x", "--config", quick, "--work", str(tmp_path / "w")])
@@ -63,7 +56,7 @@ def test_dev_rotations_with_a_config_without_dev_folds_refuses_everything(tmp_pa
 
 
 def test_dev_validation_refuses_a_clean_validation_fold(tmp_path: Path) -> None:
-    script = _script("dev_validation")
+    script = benchmark_script("dev_validation")
     for part in ("probe", "zero-shot"):
         with pytest.raises(SystemExit, match=r"--val-folds: validation fold\(s\) \[10\] not in dev_folds"):
             script.main([part, "--config", PTBXL, "--val-folds", "9,10", "--out", str(tmp_path / "o.md")])

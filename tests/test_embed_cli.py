@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SAMPLE_DIR
+from conftest import SAMPLE_DIR, flat_lead_npy
 from etp.cli import main
 from etp.errors import ModelError
 
@@ -136,12 +136,7 @@ def test_texts_and_csv(model_dir, tmp_path, capsys) -> None:
 
 
 def test_a_flat_lead_warning_is_written_beside_the_embedding(model_dir, tmp_path, capsys) -> None:
-    import wfdb
-
-    sig, _ = wfdb.rdsamp(str(PTB / "00016_lr"))
-    sig[:, 6] = 0.0  # V1 disconnected
-    flat = tmp_path / "flat_v1.npy"
-    np.save(flat, sig)  # (1000, 12) at 100 Hz
+    flat, _ = flat_lead_npy(tmp_path)  # record 16 with V1 zeroed, (1000, 12) at 100 Hz
     out = tmp_path / "e.npy"
     rc, _, err = _run(capsys, "--model", str(model_dir), str(PTB / "00016_lr"), str(flat),
                       "--fs", "100", "--out", str(out))  # fmt: skip

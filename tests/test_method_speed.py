@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from conftest import benchmark_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@cache
-def _script() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "method_speed", REPO / "benchmarks" / "method_speed.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_trainable_table1_config_is_measured() -> None:
-    names = set(_script().method_configs())
+    names = set(benchmark_script("method_speed").method_configs())
     assert names == {"etp", "simclr", "byol", "simsiam", "cpc", "ts-tcc", "clocs-cmsc",
                      "clocs-cmlc"}  # fmt: skip
 
 
 def test_one_method_measured_on_the_sample(ptbxl_sample_cache: Path, tmp_path: Path) -> None:
-    ms = _script()
+    ms = benchmark_script("method_speed")
     out = tmp_path / "out"
     rc = ms.main(["--cache", str(ptbxl_sample_cache), "--only", "cpc", "--steps", "1",
                   "--precision", "fp32", "--work", str(tmp_path / "w"), "--out", str(out)])  # fmt: skip

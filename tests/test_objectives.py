@@ -138,7 +138,7 @@ def test_emulated_bf16_warns_only_where_training_runs_autocast(
 ) -> None:
     from etp.train import settings
 
-    monkeypatch.setattr(settings, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(settings, "cpu_has_bf16", lambda: False)
     base = ["pretrain", f"data.cache={ptbxl_sample_cache}", "train.precision=bf16",
             "data.train_folds=[1,2]", "data.val_folds=[9]", "data.exclude_folds=[10]"]  # fmt: skip
     with caplog.at_level("WARNING", logger="etp.train.settings"):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 
 from etp.errors import ConfigError
+
+from conftest import benchmark_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,17 +21,6 @@ IMI,inferior myocardial infarction,1.0,MI
 CLBBB,complete left bundle branch block,1.0,CD
 SR,sinus rhythm,,
 """
-
-
-@cache
-def _script() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "prompt_phrases", REPO / "benchmarks" / "prompt_phrases.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_ptbxl(root: Path) -> Path:
@@ -65,7 +54,7 @@ def _tiny_ptbxl(root: Path) -> Path:
 def test_lists_phrasings_of_ids_from_1000_only(tmp_path: Path) -> None:
     root = _tiny_ptbxl(tmp_path / "ptb-xl")
     out = tmp_path / "phrases.md"
-    assert _script().main(["--root", str(root), "--out", str(out)]) == 0
+    assert benchmark_script("prompt_phrases").main(["--root", str(root), "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     assert "secretphrase" not in text.lower() and "geheimtest" not in text.lower()
     assert f"Command: `python benchmarks/prompt_phrases.py --root {root} --out {out}`" in text
@@ -86,7 +75,7 @@ def test_lists_phrasings_of_ids_from_1000_only(tmp_path: Path) -> None:
     )
     # same data, same tables (only the date and the command's --out differ)
     again = tmp_path / "again.md"
-    assert _script().main(["--root", str(root), "--out", str(again)]) == 0
+    assert benchmark_script("prompt_phrases").main(["--root", str(root), "--out", str(again)]) == 0
     assert _tables(again.read_text(encoding="utf-8")) == _tables(text)
 
 
@@ -95,7 +84,7 @@ def _tables(text: str) -> list[str]:
 
 
 def test_refuses_reports_below_id_1000(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = _script()
+    script = benchmark_script("prompt_phrases")
     root = _tiny_ptbxl(tmp_path / "ptb-xl")
     out = tmp_path / "phrases.md"
     assert script.main(["--root", str(root), "--out", str(out), "--min-id", "999"]) == 2
@@ -109,7 +98,7 @@ def test_refuses_reports_below_id_1000(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_missing_table_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _script().main(["--root", str(tmp_path), "--out", str(tmp_path / "x.md")]) == 2
+    assert benchmark_script("prompt_phrases").main(["--root", str(tmp_path), "--out", str(tmp_path / "x.md")]) == 2
     err = capsys.readouterr().err.strip()
     assert "PTB-XL database not found" in err and "\n" not in err
 
@@ -125,7 +114,7 @@ def _reports_from_1000(root: Path) -> tuple[pd.DataFrame, tuple[str, ...], tuple
     db = db[db["ecg_id"] >= 1000]
     texts = tuple(normalize_report(r) for r in db["report"].fillna(""))
     translate = ReportTranslator(load_glossary())
-    return _script().single_label_reports(root), texts, tuple(translate.translate(texts))
+    return benchmark_script("prompt_phrases").single_label_reports(root), texts, tuple(translate.translate(texts))
 
 
 def test_ptbxl_prompt_phrasings_occur_in_reports_from_id_1000(shared_data: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SAMPLE_DIR
+from conftest import SAMPLE_DIR, flat_lead_npy
 from etp.cli import main
 
 PTB = SAMPLE_DIR / "ptb-xl" / "records100" / "00000"
@@ -77,14 +77,9 @@ def test_all_formats_json(model_dir: Path, tmp_path: Path, capsys) -> None:
 
 def test_a_flat_lead_warning_reaches_json_csv_and_predict(model_dir: Path, tmp_path: Path,
                                                            capsys) -> None:  # fmt: skip
-    import wfdb
-
     import etp
 
-    sig, _ = wfdb.rdsamp(str(PTB / "00016_lr"))
-    sig[:, 6] = 0.0  # V1 disconnected
-    flat = tmp_path / "flat_v1.npy"
-    np.save(flat, sig)  # (1000, 12) at 100 Hz
+    flat, sig = flat_lead_npy(tmp_path)  # record 16 with V1 zeroed, (1000, 12) at 100 Hz
     files = [str(PTB / "00016_lr"), str(flat)]
     rc, out, err = _run(capsys, "--model", str(model_dir), "--labels", LABELS, "--fs", "100",
                         "--json", *files)  # fmt: skip

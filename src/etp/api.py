@@ -118,8 +118,9 @@ def model_inputs(
     warnings (a flat lead)."""
     sink: dict[str, list[str]] = {} if warnings is None else warnings
 
-    def found(name: str) -> list[str]:
-        return sink.setdefault(name, [])
+    def note(name: str, found: list[str]) -> None:
+        if found:
+            sink.setdefault(name, []).extend(found)
 
     from etp.eval.features import model_preprocess_config, read_ecg_file
 
@@ -135,8 +136,11 @@ def model_inputs(
         if fs is None:
             check_input_length(model, arr)
             return np.asarray(arr, dtype=np.float32), names
-        out = [preprocess(a, model, fs=fs, pad=pad, warnings=found(n)) for a, n in zip(arr, names)]
-        _drop_empty(sink)
+        out = []
+        for a, name in zip(arr, names):
+            found: list[str] = []
+            out.append(preprocess(a, model, fs=fs, pad=pad, warnings=found))
+            note(name, found)
         return np.stack(out).astype(np.float32), names
     if not isinstance(items, Sequence) or not items:
         raise DataError(
@@ -146,12 +150,13 @@ def model_inputs(
     rows: list[np.ndarray] = []
     names: list[str] = []
     for i, item in enumerate(items):
+        found: list[str] = []
         if isinstance(item, (str, Path)):
             names.append(str(item))
-            rows.append(read_ecg_file(item, pcfg, fs=fs, pad=pad, warnings=found(names[-1])))
+            rows.append(read_ecg_file(item, pcfg, fs=fs, pad=pad, warnings=found))
         elif isinstance(item, ECGSignal):
             names.append(item.source or f"signal[{i}]")
-            rows.append(preprocess(item, model, pad=pad, warnings=found(names[-1])))
+            rows.append(preprocess(item, model, pad=pad, warnings=found))
         elif isinstance(item, np.ndarray):
             inner: dict[str, list[str]] = {}
             x, _ = model_inputs(
@@ -159,18 +164,12 @@ def model_inputs(
             )
             rows.extend(x)
             names.extend(f"array[{i}]" for _ in range(len(x)))
-            for more in inner.values():
-                found(f"array[{i}]").extend(more)
+            found = [w for ws in inner.values() for w in ws]
         else:
             raise DataError(f"input {i}: expected a path, an ECGSignal or an array, "
                             f"got {type(item).__name__}")
-    _drop_empty(sink)
+        note(names[-1], found)
     return np.stack(rows).astype(np.float32), names
-
-
-def _drop_empty(warnings: dict[str, list[str]]) -> None:
-    for name in [k for k, v in warnings.items() if not v]:
-        del warnings[name]
 
 
 def predict(

@@ -145,6 +145,13 @@ def drop_empty_reports(meta: Any, sel: RecordSelection, column: str) -> RecordSe
     return RecordSelection(keep[0], keep[1], sel.held_out, dropped)
 
 
+def pretraining_records(meta: Any, data: DataConfig, needs_reports: bool) -> RecordSelection:
+    """:func:`select_records`, less the records without a report where the objective reads
+    reports (:func:`drop_empty_reports`): the records a pretraining run trains and validates on."""
+    sel = select_records(meta, data)
+    return drop_empty_reports(meta, sel, "report") if needs_reports else sel
+
+
 def patient_codes(meta: Any) -> np.ndarray:
     """An integer per record's patient (records of one patient share it; -1: none given)."""
     codes = np.full(len(meta), -1, dtype=np.int64)
@@ -157,4 +164,11 @@ def patient_codes(meta: Any) -> np.ndarray:
     return codes
 
 
-__all__ = ["RecordSelection", "assert_disjoint", "drop_empty_reports", "patient_codes", "select_records"]
+__all__ = [
+    "RecordSelection",
+    "assert_disjoint",
+    "drop_empty_reports",
+    "patient_codes",
+    "pretraining_records",
+    "select_records",
+]

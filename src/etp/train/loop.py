@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from etp.config import PretrainConfig, save_yaml, to_dict
 from etp.data.batches import CacheBatches, EpochBatchSampler
-from etp.data.selection import drop_empty_reports, patient_codes, select_records
+from etp.data.selection import patient_codes, pretraining_records
 from etp.errors import ConfigError, DataError, TrainingError
 from etp.io import atomic_write_json
 from etp.models.channels_last import enable_channels_last
@@ -156,10 +156,7 @@ class _Run:
         cfg = self.cfg
         self.prepared = load_prepared(cfg.data.cache)
         meta = self.prepared.meta
-        sel = select_records(meta, cfg.data)
-        if self.objective_cls.needs_reports:
-            sel = drop_empty_reports(meta, sel, "report")
-        self.sel = sel
+        self.sel = sel = pretraining_records(meta, cfg.data, self.objective_cls.needs_reports)
         self.patients = torch.from_numpy(patient_codes(meta))
         world, bs = self.dist.world_size, cfg.train.batch_size
         self.local_bs = bs // world

@@ -62,14 +62,14 @@ def validate_config(cfg: PretrainConfig, world_size: int = 1) -> tuple[type[Obje
 
 def warn_emulated_bf16(device: torch.device, precision: str) -> None:
     """Log a warning when bf16 autocast would run on a CPU without bf16 instructions."""
-    if device.type == "cpu" and precision == "bf16" and not _cpu_has_bf16():
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16():
         log.warning(
             "this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16 autocast is "
             "emulated and can be many times slower than fp32; set train.precision=fp32"
         )
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (else bf16 autocast is emulated)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -77,4 +77,4 @@ def _cpu_has_bf16() -> bool:
         return True
 
 
-__all__ = ["validate_config", "warn_emulated_bf16"]
+__all__ = ["cpu_has_bf16", "validate_config", "warn_emulated_bf16"]
